@@ -73,7 +73,8 @@ def load_config(schema: type[T], file: str | Path | None = None, overrides: Sequ
             cfg = OmegaConf.merge(cfg, layer)
         except (ValidationError, ConfigKeyError, ConfigAttributeError) as err:
             key = getattr(err, "full_key", None) or "?"
-            raise InputError(source, f"bad value for '{key}': {err.msg if hasattr(err, 'msg') else err}") from None
+            msg = str(getattr(err, "msg", err)).splitlines()[0]
+            raise InputError(source, f"bad value for '{key}': {msg}") from None
     return OmegaConf.to_object(cfg)  # type: ignore[return-value]
 
 
