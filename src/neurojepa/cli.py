@@ -56,7 +56,64 @@ def _run_inspect(args) -> int:
     return 0
 
 
-COMMANDS = [_add_simulate, _add_inspect]
+def _add_allen(sub) -> None:
+    p = sub.add_parser("allen", help="list and download Allen Visual Behavior Neuropixels sessions (no AllenSDK)")
+    where = argparse.ArgumentParser(add_help=False)
+    where.add_argument("--cache", default=None, metavar="DIR",
+                       help="cache directory (default: $NEUROJEPA_CACHE or ~/.cache/neurojepa/allen)")
+    where.add_argument("--base-url", default=None, metavar="URL",
+                       help="bucket URL (default: $NEUROJEPA_ALLEN_URL or the public VBN S3 bucket)")
+    actions = p.add_subparsers(dest="allen_action", metavar="ACTION", required=True)
+    s = actions.add_parser("sessions", parents=[where], help="list sessions from the project metadata, filtered")
+    s.add_argument("--area", action="extend", nargs="+", default=None, metavar="A",
+                   help="keep sessions that recorded all these areas (e.g. VISp LP); repeatable")
+    s.add_argument("--genotype", default=None, metavar="G", help="full genotype or short name: wt, Sst, Vip")
+    s.add_argument("--experience", choices=["familiar", "novel"], default=None, help="image-set experience level")
+    s.add_argument("--min-units", type=int, default=None, metavar="N", help="at least N units (before QC)")
+    s.add_argument("--include-abnormal", action="store_true",
+                   help="keep sessions flagged for abnormal histology or activity (dropped by default)")
+    s.add_argument("--limit", type=int, default=None, metavar="N", help="show at most N rows")
+    d = actions.add_parser("download", parents=[where], help="download session NWB files (resumable, size-checked)")
+    d.add_argument("session_ids", nargs="+", metavar="SESSION_ID", help="ecephys_session_id values")
+    p.set_defaults(func=_run_allen)
+
+
+def _run_allen(args) -> int:
+    from .data import allen
+
+    if args.allen_action == "download":
+        for path in allen.download_sessions(args.session_ids, cache=args.cache, base_url=args.base_url):
+            print(path)
+        return 0
+    table = allen.session_table(cache=args.cache, base_url=args.base_url)
+    chosen = allen.select_sessions(table, areas=args.area, genotype=args.genotype, experience=args.experience,
+                                   min_units=args.min_units, exclude_abnormal=not args.include_abnormal)
+    allen.print_sessions(chosen, total=len(table), limit=args.limit)
+    return 0
+
+
+def _add_prepare(sub) -> None:
+    p = sub.add_parser("prepare", help="unit QC, binning, labels and train/val/test splits of one recording")
+    p.add_argument("input", help="an NWB file")
+    p.add_argument("--out", required=True, help="output directory (replaced as a whole, atomically)")
+    p.add_argument("--config", default=None, metavar="FILE.yaml", help="options (see docs/prepare.md)")
+    p.add_argument("--states-from", default=None, metavar="TABLE[:COLUMN]",
+                   help="take brain states from this intervals table (and column) of a non-VBN file")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="option overrides, e.g. bin_size=0.02")
+    p.set_defaults(func=_run_prepare)
+
+
+def _run_prepare(args) -> int:
+    from .config import load_config
+    from .data.prepare import PrepareConfig, prepare, print_summary
+
+    cfg = load_config(PrepareConfig, args.config, args.overrides)
+    out = prepare(args.input, args.out, cfg, states_from=args.states_from)
+    print_summary(out)
+    return 0
+
+
+COMMANDS = [_add_simulate, _add_inspect, _add_allen, _add_prepare]
 
 
 # ------------------------------------------------------------------------------------------------- main
