@@ -192,6 +192,19 @@ class Session:
     source: Path | None = None
     metadata: dict = field(default_factory=dict)
 
+    # -- file handle ------------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Close the file behind the lazy parts (a no-op for in-memory sessions)."""
+        close = getattr(self.spikes, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     # -- spikes -----------------------------------------------------------------------------------------------
     def spike_times(
         self, units: Sequence[int] | None = None, t_start: float | None = None, t_stop: float | None = None

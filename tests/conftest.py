@@ -1,0 +1,58 @@
+"""Shared fixtures: the real NWB file that ships beside the repository, and a small in-memory VBN-like session."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from neurojepa.data.session import BehaviorSeries, GroundTruth, InMemorySpikes, Session, SpikeTrains
+
+# CI runs in a fresh clone with ../shared beside the repository, so resolve relative to this file
+REAL_NWB = Path(__file__).resolve().parents[2] / "shared/data/real/A8604-211122.nwb"
+
+
+@pytest.fixture
+def real_nwb() -> Path:
+    """A phy export from pynapple's test data: 3 units, 21,354 spikes, an `epochs` table, no metric columns."""
+    assert REAL_NWB.exists(), f"missing test data {REAL_NWB}"
+    return REAL_NWB
+
+
+@pytest.fixture
+def small_session() -> Session:
+    """A tiny VBN-like session: 4 units in 3 areas, active block, gray, passive replay, trials, behaviour, ground truth."""
+    rng = np.random.default_rng(0)
+    ids = np.array([5, 3, 9, 12], dtype=np.int64)
+    trains = [np.sort(rng.uniform(0, 13, n)) for n in (10, 0, 50, 7)]
+    units = pd.DataFrame(
+        {"area": ["VISp", "VISp", "LP", "VISl"], "cell_type": ["rs", "fs", "rs", "unknown"],
+         "quality": ["good", "noise", "good", "good"], "isi_violations": [0.1, 0.2, np.nan, 1.0],
+         "peak_channel_id": [100, 101, 200, 300]},
+        index=pd.Index(ids, name="unit_id"))
+    images = ["im_a", "im_b", "omitted", "im_b", "im_c"]
+    flashes = pd.DataFrame({
+        "start_time": np.r_[np.arange(5) * 0.75, 10 + np.arange(5) * 0.75],
+        "stimulus_block": [0] * 5 + [2] * 5, "stimulus_name": ["Natural_Images_G"] * 10, "image_name": images * 2,
+        "active": [True] * 5 + [False] * 5, "omitted": [x == "omitted" for x in images] * 2,
+        "is_change": [False, True, False, False, True] * 2})
+    flashes["stop_time"] = flashes["start_time"] + 0.25
+    gray = pd.DataFrame({"start_time": [4.0], "stop_time": [10.0], "stimulus_block": [1], "stimulus_name": ["spontaneous"]})
+    stimuli = pd.concat([flashes, gray]).sort_values("start_time", kind="mergesort", ignore_index=True)
+    epochs = pd.DataFrame({"start_time": [0.0, 4.0, 10.0], "stop_time": [3.25, 10.0, 13.25],
+                           "state": ["active", "gray", "passive"], "block": [0, 1, 2],
+                           "stimulus_name": ["Natural_Images_G", "spontaneous", "Natural_Images_G"]})
+    trials = pd.DataFrame({"start_time": [0.0, 1.5], "stop_time": [1.5, 3.25], "go": [True, True], "hit": [True, False],
+                           "miss": [False, True], "lick_times": [[0.9, 1.0], []], "response_time": [0.15, np.nan]})
+    behavior = {"running_speed": BehaviorSeries(np.arange(0, 13, 0.5), rng.normal(size=26), "cm/s"),
+                "licks": BehaviorSeries(np.array([0.9, 1.0])), "rewards": BehaviorSeries(np.array([0.95])),
+                "pupil_area": BehaviorSeries(np.arange(13.0), np.arange(13.0) * 2)}
+    loadings = rng.normal(size=(4, 3)).astype(np.float32)
+    truth = {"latents": rng.normal(size=(1300, 3)).astype(np.float32), "loadings": loadings,
+             "baseline_hz": np.array([1.0, 2.0, 3.0, 4.0]),
+             "state_gain": {"active": np.ones(4), "passive": np.full(4, 1.5)},
+             "state_offset": {"active": np.zeros(4), "passive": np.full(4, 0.2)},
+             "state_remix": {"active": loadings, "passive": -loadings}}
+    gt = GroundTruth(truth.__getitem__, latent_dt=0.01, latent_t0=0.0, n_latents=3, unit_ids=ids)
+    return Session("sim-small", units, InMemorySpikes(SpikeTrains.from_list(ids, trains)), epochs, stimuli, trials,
+                   behavior, gt, metadata={"session_description": "tiny test session"})
