@@ -92,8 +92,25 @@ def _run_allen(args) -> int:
     return 0
 
 
+class _IntermixedParser(argparse.ArgumentParser):
+    """Lets ``key=value`` positionals follow options (``prepare IN --out D bin_size=0.02``): plain argparse binds
+    an empty ``nargs='*'`` positional before it sees the options and then rejects the trailing ones."""
+
+    _inside = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._inside:  # parse_known_intermixed_args calls back into parse_known_args
+            return super().parse_known_args(args, namespace)
+        self._inside = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inside = False
+
+
 def _add_prepare(sub) -> None:
     p = sub.add_parser("prepare", help="unit QC, binning, labels and train/val/test splits of one recording")
+    p.__class__ = _IntermixedParser
     p.add_argument("input", help="an NWB file")
     p.add_argument("--out", required=True, help="output directory (replaced as a whole, atomically)")
     p.add_argument("--config", default=None, metavar="FILE.yaml", help="options (see docs/prepare.md)")
@@ -113,7 +130,34 @@ def _run_prepare(args) -> int:
     return 0
 
 
-COMMANDS = [_add_simulate, _add_inspect, _add_allen, _add_prepare]
+def _add_run(sub) -> None:
+    p = sub.add_parser("run", help="the main job: [simulate ->] prepare -> teach -> distill -> report (resumable)")
+    p.add_argument("input", nargs="?", default=None, help="an NWB recording (default: simulate the built-in session)")
+    p.add_argument("--out", required=True, help="run directory (stages go to OUT/<stage>/)")
+    p.add_argument("--config", default=None, help="YAML config or preset file (see configs/ and docs/config.md)")
+    p.add_argument("--states-from", default=None, metavar="TABLE[:COLUMN]",
+                   help="brain states from this intervals table (and column) of a non-VBN file")
+    p.add_argument("--force", action="store_true", help="rerun in a directory that holds a run with another config")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. teacher.train.max_epochs=4")
+    p.set_defaults(func=_run_run)
+
+
+def _run_run(args) -> int:
+    from .pipeline import load_run_config, run
+
+    overrides = list(args.overrides)
+    if args.input is not None and "=" in args.input:  # `neurojepa run key=value --out d`: no INPUT given
+        overrides.insert(0, args.input)
+        args.input = None
+    if args.states_from:
+        overrides.append(f"states_from={args.states_from}")
+    cfg = load_run_config(args.config, overrides)
+    out = run(args.out, cfg, args.input, force=args.force)
+    print(f"done: {out}/report.html, {out}/metrics.json")
+    return 0
+
+
+COMMANDS = [_add_run, _add_simulate, _add_inspect, _add_allen, _add_prepare]
 
 
 # ------------------------------------------------------------------------------------------------- main

@@ -1,0 +1,244 @@
+"""The main job: simulate (when no input is given) -> prepare -> teach -> distill -> report, resumable.
+
+Each stage writes ``DIR/<stage>/`` and a record ``DIR/.stages/<stage>.json`` holding the stage's *key*: a hash of
+its own config section, of the keys of the stages it reads from, and of its input file. A rerun
+
+- skips a stage whose record says complete with the same key (so a second ``make demo`` only rebuilds the report);
+- resumes a stage whose record says started but not complete with the same key (an interrupted training run
+  continues from its last checkpoint);
+- reruns a stage whose key changed (and so everything downstream of it).
+
+``DIR/run.yaml`` holds the resolved config of the run; a different config in an existing run directory is refused
+unless ``force=True`` (``--force``), so results of two configs never mix silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from omegaconf import OmegaConf
+
+from . import __version__
+from .config import config_hash, load_config, save_config, to_dict
+from .data.prepare import PrepareConfig
+from .errors import InputError, atomic_path
+from .student.config import StudentConfig
+from .teacher.config import TeacherConfig
+
+log = logging.getLogger(__name__)
+
+STAGES = ("simulate", "prepare", "teacher", "student", "report")
+
+
+@dataclass
+class SimulateConfig:
+    """The built-in default data (used when ``neurojepa run`` gets no INPUT)."""
+
+    seed: int = 0
+    units: Optional[int] = None  # default: the preset's (~400)
+    minutes: Optional[float] = None  # per task block; default: the preset's
+    preset: str = "default"  # default | vbn (full size)
+
+
+@dataclass
+class RunConfig:
+    """Everything ``neurojepa run`` does, in one typed tree (``--config FILE.yaml`` and ``key=value`` overrides).
+
+    train_states / test_states: the cross-state experiment. Empty lists mean every state of the prepared data.
+    With ``train_states=[active] test_states=[passive]`` teacher and student train on active blocks only and are
+    scored within the training state and across, on held-out blocks.
+    """
+
+    train_states: list[str] = field(default_factory=list)
+    test_states: list[str] = field(default_factory=list)
+    states_from: Optional[str] = None  # TABLE[:COLUMN] for a non-VBN recording
+    unconstrained_ablation: bool = True  # also train the student without Dale/homeostasis (for the 80% target)
+    report: bool = True
+    simulate: SimulateConfig = field(default_factory=SimulateConfig)
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+
+
+def load_run_config(file: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:
+    """Resolve a :class:`RunConfig` from a preset/YAML file and ``key=value`` overrides (typos named)."""
+    return load_config(RunConfig, file, overrides, where="run config")
+
+
+def _hash(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _input_fingerprint(path: Path) -> dict:
+    st = path.stat()
+    return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+@dataclass
+class Stage:
+    name: str
+    key: str
+    run: Callable[[bool], None]  # run(resume)
+
+
+class Pipeline:
+    """The stages of one run directory. Use :func:`run` unless you need the pieces."""
+
+    def __init__(self, out: str | Path, cfg: RunConfig, input_path: str | Path | None = None):
+        self.out = Path(out)
+        self.cfg = cfg
+        self.input_path = None if input_path is None else Path(input_path)
+        if self.input_path is not None and not self.input_path.is_file():
+            raise InputError(self.input_path, "input file not found")
+        self.dirs = {s: self.out / s for s in STAGES if s != "report"}
+
+    # ------------------------------------------------------------------------------------------ bookkeeping
+    def _record_path(self, stage: str) -> Path:
+        return self.out / ".stages" / f"{stage}.json"
+
+    def record(self, stage: str) -> dict | None:
+        p = self._record_path(stage)
+        return json.loads(p.read_text()) if p.is_file() else None
+
+    def _write_record(self, stage: str, key: str, complete: bool, seconds: float | None = None) -> None:
+        rec = {"stage": stage, "key": key, "complete": complete, "seconds": seconds, "version": __version__}
+        with atomic_path(self._record_path(stage)) as tmp:
+            tmp.write_text(json.dumps(rec, indent=2))
+
+    # ------------------------------------------------------------------------------------------ the stages
+    def stages(self) -> list[Stage]:
+        c = self.cfg
+        out: list[Stage] = []
+        if self.input_path is None:
+            sim_key = _hash("simulate", to_dict(c.simulate))
+            out.append(Stage("simulate", sim_key, self._simulate))
+            upstream = sim_key
+        else:
+            upstream = _hash("input", _input_fingerprint(self.input_path))
+        prep_key = _hash("prepare", to_dict(c.prepare), c.states_from, upstream)
+        out.append(Stage("prepare", prep_key, self._prepare))
+        teach_key = _hash("teacher", to_dict(c.teacher), c.train_states, c.test_states, prep_key)
+        out.append(Stage("teacher", teach_key, self._teach))
+        stud_key = _hash("student", to_dict(c.student), c.train_states, c.test_states, c.unconstrained_ablation,
+                         teach_key)
+        out.append(Stage("student", stud_key, self._distill))
+        return out
+
+    @property
+    def nwb_path(self) -> Path:
+        return self.input_path if self.input_path is not None else self.dirs["simulate"] / "session.nwb"
+
+    def _simulate(self, resume: bool) -> None:
+        from .data.simulate import simulate_to_nwb
+
+        s = self.cfg.simulate
+        self.dirs["simulate"].mkdir(parents=True, exist_ok=True)
+        save_config(s, self.dirs["simulate"] / "config.yaml")
+        simulate_to_nwb(self.nwb_path, seed=s.seed, n_units=s.units, minutes=s.minutes, preset=s.preset)
+
+    def _prepare(self, resume: bool) -> None:
+        from .data.prepare import prepare
+
+        prepare(self.nwb_path, self.dirs["prepare"], self.cfg.prepare, states_from=self.cfg.states_from)
+
+    def _state_overrides(self) -> dict:
+        return {"train_states": list(self.cfg.train_states), "test_states": list(self.cfg.test_states)}
+
+    def _teach(self, resume: bool) -> None:
+        from .teacher.train import teach
+
+        teach(self.dirs["prepare"], self.dirs["teacher"], self.cfg.teacher, resume=resume,
+              **self._state_overrides())
+
+    def _distill(self, resume: bool) -> None:
+        from .student.train import distill
+
+        distill(self.dirs["prepare"], self.dirs["teacher"], self.dirs["student"], self.cfg.student, resume=resume,
+                unconstrained=self.cfg.unconstrained_ablation, **self._state_overrides())
+
+    # ------------------------------------------------------------------------------------------ results
+    def merge_metrics(self) -> Path:
+        """``DIR/metrics.json`` = {"data": qc.json, "teacher": ..., "student": ...} (sections present so far)."""
+        doc: dict = {"run": {"config_hash": config_hash(self.cfg), "version": __version__,
+                             "input": str(self.nwb_path)}}
+        qc = self.dirs["prepare"] / "qc.json"
+        if qc.is_file():
+            doc["data"] = json.loads(qc.read_text())
+        for stage in ("teacher", "student"):
+            m = self.dirs[stage] / "metrics.json"
+            if m.is_file():
+                doc[stage] = json.loads(m.read_text()).get(stage)
+        path = self.out / "metrics.json"
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(doc, indent=2, default=str))
+        return path
+
+
+def _check_run_dir(out: Path, cfg: RunConfig, input_path: Path | None, force: bool) -> None:
+    """Refuse to mix two configs in one run directory unless forced."""
+    saved = out / "run.yaml"
+    if not saved.is_file():
+        return
+    old = OmegaConf.to_container(OmegaConf.load(saved), resolve=True)
+    new = {"input": None if input_path is None else str(input_path.resolve()), "config": to_dict(cfg)}
+    if old != new and not force:
+        changed = sorted(_diff_keys(old.get("config", {}), new["config"]))
+        if old.get("input") != new["input"]:
+            changed.insert(0, "INPUT")
+        shown = ", ".join(changed[:5]) + (", ..." if len(changed) > 5 else "")
+        raise InputError(out, f"holds a run with a different config ({shown}); use --force to rerun "
+                              "the changed stages there, or choose another --out")
+
+
+def _diff_keys(a, b, prefix="") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys = []
+        for k in sorted(set(a) | set(b)):
+            keys += _diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")
+        return keys
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def run(out: str | Path, cfg: RunConfig | None = None, input_path: str | Path | None = None, *, force: bool = False,
+        console=None) -> Path:
+    """Run (or resume, or skip through) the whole pipeline into ``out``; returns ``out``.
+
+    input_path: an NWB file; None simulates the default session (``cfg.simulate``).
+    """
+    from rich.console import Console
+
+    console = console or Console(stderr=True)
+    cfg = cfg or RunConfig()
+    out = Path(out)
+    ipath = None if input_path is None else Path(input_path)
+    _check_run_dir(out, cfg, ipath, force)
+    pipe = Pipeline(out, cfg, ipath)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "run.yaml") as tmp:
+        tmp.write_text(OmegaConf.to_yaml({"input": None if ipath is None else str(ipath.resolve()),
+                                          "config": to_dict(cfg)}))
+    for stage in pipe.stages():
+        rec = pipe.record(stage.name)
+        if rec and rec["complete"] and rec["key"] == stage.key:
+            console.print(f"[dim]- {stage.name}: up to date, skipped[/dim]")
+            continue
+        resume = bool(rec and not rec["complete"] and rec["key"] == stage.key)
+        console.print(f"[bold]- {stage.name}[/bold]: {'resuming' if resume else 'running'}")
+        pipe._write_record(stage.name, stage.key, complete=False)
+        t0 = time.perf_counter()
+        stage.run(resume)
+        pipe._write_record(stage.name, stage.key, complete=True, seconds=round(time.perf_counter() - t0, 1))
+    metrics = pipe.merge_metrics()
+    console.print(f"- metrics: {metrics}")
+    if cfg.report:
+        from .report.build import build_report
+
+        console.print(f"- report: {build_report(out)}")
+    return out
