@@ -130,6 +130,32 @@ def _run_prepare(args) -> int:
     return 0
 
 
+def _add_teach(sub) -> None:
+    p = sub.add_parser("teach", help="train the LeJEPA teacher on a prepared dataset and evaluate it")
+    p.__class__ = _IntermixedParser
+    p.add_argument("dataset", help="a prepared dataset directory (neurojepa prepare)")
+    p.add_argument("--out", required=True, help="output directory: checkpoints, logs, metrics.json, latents.npz")
+    p.add_argument("--config", default=None, metavar="FILE.yaml", help="options (see docs/teacher.md)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.ckpt")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="option overrides, e.g. loss.regulariser=none")
+    p.set_defaults(func=_run_teach)
+
+
+def _run_teach(args) -> int:
+    import json
+
+    from .config import load_config
+    from .teacher.config import TeacherConfig
+    from .teacher.train import teach
+
+    cfg = load_config(TeacherConfig, args.config, args.overrides)
+    out = teach(args.dataset, args.out, cfg, resume=args.resume)
+    m = json.loads((out / "metrics.json").read_text())["teacher"]
+    keys = ("gt_r2", "gt_r2_cross_state", "rankme", "cobps", "forecast_r2")
+    print(f"wrote {out}: " + ", ".join(f"{k}={m[k]:.3f}" for k in keys if isinstance(m.get(k), (int, float))))
+    return 0
+
+
 def _add_run(sub) -> None:
     p = sub.add_parser("run", help="the main job: [simulate ->] prepare -> teach -> distill -> report (resumable)")
     p.add_argument("input", nargs="?", default=None, help="an NWB recording (default: simulate the built-in session)")
@@ -157,7 +183,63 @@ def _run_run(args) -> int:
     return 0
 
 
-COMMANDS = [_add_run, _add_simulate, _add_inspect, _add_allen, _add_prepare]
+def _add_distill(sub) -> None:
+    p = sub.add_parser("distill", help="distil a trained teacher into the spiking E/I student (Dale, homeostasis)")
+    p.__class__ = _IntermixedParser
+    p.add_argument("dataset", help="a prepared dataset directory (from `neurojepa prepare`)")
+    p.add_argument("--teacher", required=True, help="teacher directory holding latents.npz (and metrics.json)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--config", default=None, metavar="FILE.yaml", help="StudentConfig options (see docs/student.md)")
+    p.add_argument("--resume", action="store_true", help="continue training from OUT/last.ckpt")
+    p.add_argument("--unconstrained", action="store_true",
+                   help="also train the ablation without Dale and homeostasis and report its held-out CCA")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="option overrides, e.g. max_steps=200")
+    p.set_defaults(func=_run_distill)
+
+
+def _run_distill(args) -> int:
+    import torch
+
+    from .config import load_config
+    from .student.config import StudentConfig
+    from .student.train import distill
+
+    torch.set_num_threads(1)  # a shared 2-core machine; the LIF loop is latency-bound anyway
+    cfg = load_config(StudentConfig, args.config, args.overrides)
+    out = distill(args.dataset, args.teacher, args.out, cfg, resume=args.resume, unconstrained=args.unconstrained)
+    print(f"wrote {out}/metrics.json")
+    return 0
+
+
+def _add_export_nir(sub) -> None:
+    p = sub.add_parser("export-nir", help="export a trained student to NIR (neuromorphic intermediate representation)")
+    p.add_argument("student", help="a student directory (from `neurojepa distill`)")
+    p.add_argument("--out", required=True, metavar="FILE.nir", help="output NIR file")
+    p.set_defaults(func=_run_export_nir)
+
+
+def _run_export_nir(args) -> int:
+    from .student.nir_export import export_nir
+
+    print(f"wrote {export_nir(args.student, args.out)}")
+    return 0
+
+
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="(re)build RUN_DIR/report.html from a run's saved results")
+    p.add_argument("run_dir", help="a run directory (from `neurojepa run`)")
+    p.set_defaults(func=_run_report)
+
+
+def _run_report(args) -> int:
+    from .report.build import build_report
+
+    print(f"wrote {build_report(args.run_dir)}")
+    return 0
+
+
+COMMANDS = [_add_run, _add_simulate, _add_inspect, _add_allen, _add_prepare, _add_distill, _add_export_nir, _add_teach,
+            _add_report]
 
 
 # ------------------------------------------------------------------------------------------------- main
