@@ -158,6 +158,7 @@ def _run_teach(args) -> int:
 
 def _add_run(sub) -> None:
     p = sub.add_parser("run", help="the main job: [simulate ->] prepare -> teach -> distill -> report (resumable)")
+    p.__class__ = _IntermixedParser
     p.add_argument("input", nargs="?", default=None, help="an NWB recording (default: simulate the built-in session)")
     p.add_argument("--out", required=True, help="run directory (stages go to OUT/<stage>/)")
     p.add_argument("--config", default=None, help="YAML config or preset file (see configs/ and docs/config.md)")
@@ -238,7 +239,29 @@ def _run_report(args) -> int:
     return 0
 
 
-COMMANDS = [_add_run, _add_simulate, _add_inspect, _add_allen, _add_prepare, _add_distill, _add_export_nir, _add_teach,
+def _add_config(sub) -> None:
+    p = sub.add_parser("config", help="print the resolved run config (YAML), or the reference of every option")
+    p.__class__ = _IntermixedParser
+    p.add_argument("--config", default=None, metavar="FILE.yaml", help="a config or preset file to resolve")
+    p.add_argument("--markdown", action="store_true", help="print the option reference as Markdown (docs/config.md)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides to resolve")
+    p.set_defaults(func=_run_config)
+
+
+def _run_config(args) -> int:
+    from omegaconf import OmegaConf
+
+    from .config import markdown_reference, to_dict
+    from .pipeline import RunConfig, load_run_config
+
+    if args.markdown:
+        print(markdown_reference(RunConfig, "Config reference: `neurojepa run`"), end="")
+    else:
+        print(OmegaConf.to_yaml(to_dict(load_run_config(args.config, args.overrides))), end="")
+    return 0
+
+
+COMMANDS = [_add_run, _add_config, _add_simulate, _add_inspect, _add_allen, _add_prepare, _add_distill, _add_export_nir, _add_teach,
             _add_report]
 
 

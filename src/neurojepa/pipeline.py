@@ -41,7 +41,7 @@ STAGES = ("simulate", "prepare", "teacher", "student", "report")
 class SimulateConfig:
     """The built-in default data (used when ``neurojepa run`` gets no INPUT)."""
 
-    seed: int = 0
+    seed: int = 0  # the simulated session is a function of this seed
     units: Optional[int] = None  # default: the preset's (~400)
     minutes: Optional[float] = None  # per task block; default: the preset's
     preset: str = "default"  # default | vbn (full size)
@@ -56,20 +56,35 @@ class RunConfig:
     scored within the training state and across, on held-out blocks.
     """
 
-    train_states: list[str] = field(default_factory=list)
-    test_states: list[str] = field(default_factory=list)
+    train_states: list[str] = field(default_factory=list)  # states teacher and student train on (empty: all)
+    test_states: list[str] = field(default_factory=list)  # states they are scored on (empty: all)
     states_from: Optional[str] = None  # TABLE[:COLUMN] for a non-VBN recording
     unconstrained_ablation: bool = True  # also train the student without Dale/homeostasis (for the 80% target)
-    report: bool = True
-    simulate: SimulateConfig = field(default_factory=SimulateConfig)
-    prepare: PrepareConfig = field(default_factory=PrepareConfig)
-    teacher: TeacherConfig = field(default_factory=TeacherConfig)
-    student: StudentConfig = field(default_factory=StudentConfig)
+    report: bool = True  # write report.html at the end
+    simulate: SimulateConfig = field(default_factory=SimulateConfig)  # the built-in session (no INPUT given)
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)  # QC, binning, labels, splits
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)  # the LeJEPA teacher
+    student: StudentConfig = field(default_factory=StudentConfig)  # the spiking student
+
+
+PRESETS_DIR = Path(__file__).parent / "configs"
+
+
+def preset_path(name_or_file: str | Path) -> Path:
+    """A YAML file as given, or a preset by name (``default``, ``fast``, ``vbn``: ``neurojepa/configs/NAME.yaml``)."""
+    p = Path(name_or_file)
+    if p.is_file() or p.suffix in (".yaml", ".yml"):
+        return p
+    preset = PRESETS_DIR / f"{p.name}.yaml"
+    if preset.is_file():
+        return preset
+    names = ", ".join(sorted(q.stem for q in PRESETS_DIR.glob("*.yaml")))
+    raise InputError(name_or_file, f"no such config file or preset (presets: {names})")
 
 
 def load_run_config(file: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:
-    """Resolve a :class:`RunConfig` from a preset/YAML file and ``key=value`` overrides (typos named)."""
-    return load_config(RunConfig, file, overrides, where="run config")
+    """Resolve a :class:`RunConfig` from a preset name or YAML file and ``key=value`` overrides (typos named)."""
+    return load_config(RunConfig, None if file is None else preset_path(file), overrides, where="run config")
 
 
 def _hash(*parts) -> str:

@@ -1,0 +1,82 @@
+"""Co-smoothing bits per spike (Neural Latents Benchmark), with a Poisson GLM read-out (pure array functions).
+
+Protocol (NLB, Pei et al. 2021): some units are held out of the model's input; a Poisson GLM maps the model's
+latents to those units' counts, fit on train bins, scored on test bins::
+
+    NLL(r, y) = sum(r - y log r + lgamma(y + 1))
+    bits/spike = (NLL_null - NLL_model) / (total held-out spikes * ln 2)
+
+where the null model predicts each held-out unit's mean count on the evaluated bins. 0 means no better than a
+constant rate; higher is better.
+
+The GLM is fit for all held-out units at once by L-BFGS on the summed (separable) objective, with a small L2
+penalty; scikit-learn's PoissonRegressor would fit one unit at a time, tens of times slower here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.optimize import minimize
+from scipy.special import gammaln
+
+
+def poisson_nll(rates: np.ndarray, counts: np.ndarray) -> float:
+    """Summed Poisson negative log-likelihood; rates (expected counts per bin) and counts of the same shape."""
+    r = np.clip(np.asarray(rates, dtype=np.float64), 1e-9, None)
+    y = np.asarray(counts, dtype=np.float64)
+    return float((r - y * np.log(r) + gammaln(y + 1)).sum())
+
+
+def bits_per_spike(rates: np.ndarray, counts: np.ndarray) -> float:
+    """NLB bits per spike of predicted rates (n_bins, n_units) for counts (n_bins, n_units)."""
+    y = np.asarray(counts, dtype=np.float64)
+    null = np.broadcast_to(y.mean(0, keepdims=True), y.shape)
+    total = y.sum()
+    if total == 0:
+        return float("nan")
+    return float((poisson_nll(null, y) - poisson_nll(rates, y)) / (total * np.log(2)))
+
+
+def fit_poisson_glm(x: np.ndarray, y: np.ndarray, l2: float = 1e-3, max_iter: int = 100) -> tuple[np.ndarray, np.ndarray]:
+    """Fit log rate = x @ W + b for every column of y at once.
+
+    x: (n, D) features, assumed standardised; y: (n, U) counts per bin. ``l2`` is per-sample (the penalty is
+    n * l2 * |W|^2 / 2). Returns W: (D, U) and b: (U,).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    n, d = x.shape
+    u = y.shape[1]
+    b0 = np.log(y.mean(0) + 1e-3)
+
+    def objective(theta):
+        w = theta[: d * u].reshape(d, u)
+        b = theta[d * u:]
+        eta = np.clip(x @ w + b, -20, 10)  # keep exp finite while the line search explores
+        r = np.exp(eta)
+        f = (r - y * eta).sum() / n + 0.5 * l2 * (w * w).sum()
+        g = (r - y) / n
+        return f, np.concatenate([(x.T @ g + l2 * w).ravel(), g.sum(0)])
+
+    theta0 = np.concatenate([np.zeros(d * u), b0])
+    res = minimize(objective, theta0, jac=True, method="L-BFGS-B", options={"maxiter": max_iter})
+    return res.x[: d * u].reshape(d, u), res.x[d * u:]
+
+
+def cobps(latents: np.ndarray, heldout_counts: np.ndarray, train: np.ndarray, test: np.ndarray,
+          l2: float = 1e-3, max_train: int = 10_000) -> float:
+    """Co-smoothing bits/spike: Poisson GLM latents -> held-out units' counts, fit on train rows, scored on test.
+
+    latents: (n_bins, D) (from a model that never saw the held-out units); heldout_counts: (n_bins, U);
+    train, test: boolean masks over bins. At most ``max_train`` evenly spaced train bins are used for the fit
+    (enough for D + 1 parameters per unit, and it bounds the time).
+    """
+    x = np.asarray(latents, dtype=np.float64)
+    tr = np.flatnonzero(train)
+    if len(tr) > max_train:
+        tr = tr[np.linspace(0, len(tr) - 1, max_train).astype(int)]
+    mu, sd = x[tr].mean(0), x[tr].std(0) + 1e-8
+    w, b = fit_poisson_glm((x[tr] - mu) / sd, heldout_counts[tr], l2=l2)
+    te = np.flatnonzero(test)
+    rates = np.exp(np.clip((x[te] - mu) / sd @ w + b, -20, 10))
+    return bits_per_spike(rates, heldout_counts[te])

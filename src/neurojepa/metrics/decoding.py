@@ -1,0 +1,69 @@
+"""Linear decoding of task variables from features (pure functions of arrays).
+
+:func:`decode` fits a standardised, L2-regularised logistic regression on the train rows (strength chosen by
+stratified cross-validation inside the train rows) and scores it on the test rows: accuracy, balanced accuracy
+and the chance level of the majority class. Train and test rows are the caller's choice: held-out time blocks of
+one state (within-state), or one state's train blocks vs the other's test blocks (cross-state).
+
+:func:`flash_features` turns per-bin latents into one feature vector per stimulus flash (mean latent over a
+window after onset), the unit that image identity and change detection are defined on.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from sklearn.linear_model import LogisticRegressionCV
+from sklearn.metrics import balanced_accuracy_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+
+def decode(features: np.ndarray, labels: np.ndarray, train_mask: np.ndarray, test_mask: np.ndarray,
+           seed: int = 0) -> dict:
+    """Logistic-regression decoding of ``labels`` from ``features``.
+
+    features: (n, D); labels: (n,) any hashable (str/int/bool); train_mask, test_mask: (n,) bool.
+    Returns dict(accuracy, balanced_accuracy, chance, n_train, n_test, n_classes); the scores are NaN when
+    the train rows hold fewer than two classes or either side is empty.
+    """
+    x = np.asarray(features, dtype=np.float64)
+    y = np.asarray(labels)
+    tr, te = np.asarray(train_mask, bool), np.asarray(test_mask, bool)
+    classes, counts = np.unique(y[tr], return_counts=True)
+    out = dict(n_train=int(tr.sum()), n_test=int(te.sum()), n_classes=int(len(classes)),
+               accuracy=float("nan"), balanced_accuracy=float("nan"), chance=float("nan"))
+    if len(classes) < 2 or te.sum() == 0:
+        return out
+    folds = int(min(5, counts.min()))
+    if folds < 2:
+        return out
+    clf = make_pipeline(StandardScaler(), LogisticRegressionCV(Cs=[0.01, 0.1, 1.0], cv=folds, max_iter=500,
+                                                               class_weight="balanced", random_state=seed))
+    with warnings.catch_warnings():  # sklearn's API-transition FutureWarnings and class-coverage notes
+        warnings.simplefilter("ignore")
+        clf.fit(x[tr], y[tr])
+        pred = clf.predict(x[te])
+        bal = float(balanced_accuracy_score(y[te], pred))
+    _, test_counts = np.unique(y[te], return_counts=True)
+    out.update(accuracy=float((pred == y[te]).mean()),
+               balanced_accuracy=bal,
+               chance=float(test_counts.max() / test_counts.sum()))
+    return out
+
+
+def flash_onsets(time_since_flash: np.ndarray, bin_size: float) -> np.ndarray:
+    """Bin indices where a flash starts: time_since_flash (n_bins,) in s, NaN outside flashes, resets at onset."""
+    tsf = np.asarray(time_since_flash, dtype=np.float64)
+    prev = np.concatenate([[np.nan], tsf[:-1]])
+    start = (tsf < bin_size) & ~(prev < bin_size)  # first bin of each flash; NaN compares False
+    return np.flatnonzero(start)
+
+
+def flash_features(latents: np.ndarray, onsets: np.ndarray, width: int) -> np.ndarray:
+    """(n_flashes, D) mean of latents (n_bins, D) over bins [onset, onset + width) of each flash."""
+    z = np.asarray(latents, dtype=np.float64)
+    csum = np.concatenate([np.zeros((1, z.shape[1])), np.cumsum(z, 0)])
+    stop = np.minimum(onsets + width, len(z))
+    return (csum[stop] - csum[onsets]) / (stop - onsets)[:, None]

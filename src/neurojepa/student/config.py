@@ -1,0 +1,57 @@
+"""The student's options, defaults in one place (typed; loaded with :func:`neurojepa.config.load_config`).
+
+Budget-driven defaults (see docs/student.md): 1 ms physical step, 10 sub-steps per 10 ms bin, training windows of
+32 bins (320 steps) after an 8-bin burn-in, batch 32, a wall-clock cap, so that distillation + evaluation of the
+default session fits in ~2-3 min on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class StudentConfig:
+    # population
+    n_exc: int = 256
+    n_inh: int = 64
+    dt: float = 0.001  # s, physical LIF step; bins are delivered over bin_size/dt sub-steps
+    tau_mem_exc: float = 0.020  # s
+    tau_mem_inh: float = 0.010  # s
+    refractory: float = 0.002  # s, synaptic input is gated off this long after a spike
+    threshold: float = 1.0
+    surrogate: str = "fast_sigmoid"  # or "atan"
+    surrogate_slope: float = 25.0  # fast_sigmoid slope / atan alpha
+    tau_readout: float = 0.050  # s, low-pass filter of E spikes feeding the readout
+    # constraints and initialisation
+    dale: bool = True
+    p_connect: float = 1.0  # fixed sparse recurrent connection mask when < 1
+    spectral_radius: float = 0.3  # of W_rec * tau_mem_exc / dt (the rate-level loop gain) at init
+    input_gain: float = 0.3  # std of the input current fluctuation at init (per step, threshold units x 10)
+    noise_std: float = 0.3  # private white background current per step (threshold units); 0 = deterministic
+    target_rate_hz: float = 10.0  # initial bias aims here
+    # losses
+    rate_low_hz: float = 5.0
+    rate_high_hz: float = 20.0
+    homeostasis_weight: float = 0.3  # per Hz^2, mean over neurons
+    homeostasis_per_window: bool = False  # rates per batch window (bounds modulation depth) or pooled over the batch
+    l1_weight: float = 0.0
+    ridge: float = 1e-3
+    # training
+    window: int = 32  # bins in the loss
+    burn_in: int = 8  # bins run before the loss window (state transient, excluded)
+    batch_size: int = 32
+    lr: float = 3e-3
+    max_steps: int = 150
+    max_minutes: float = 2.5  # wall-clock safety cap on training (max_steps is the intended stop)
+    val_every: int = 50
+    seed: int = 0
+    # evaluation
+    eval_chunk: int = 200  # bins per evaluation chunk (plus burn_in)
+    eval_spike_chunks: int = 30  # chunks whose spike rasters feed the firing statistics
+    silent_below_hz: float = 0.5
+    saturated_above_hz: float = 100.0
+
+    @property
+    def n_neurons(self) -> int:
+        return self.n_exc + self.n_inh

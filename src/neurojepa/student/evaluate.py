@@ -1,0 +1,172 @@
+"""Scoring a trained student on held-out time blocks: the ``"student"`` section of metrics.json.
+
+* Readout for every bin: the whole session is run causally in chunks of ``eval_chunk`` bins, each preceded by
+  ``burn_in`` bins of its own past input (state warm-up, discarded), batched over chunks; bins before ``burn_in``
+  are left out of the scores.
+* ``cca_heldout``: CCA directions fit on the train blocks (student readout vs teacher latents), correlations of each
+  canonical pair on the test blocks; ``cca_null_mean``: the same against circularly time-shifted teacher latents.
+* Firing statistics on held-out (test) chunks: rates (Hz), fraction in the 5-20 Hz band, CV of ISI, Fano factor
+  (100 ms windows), silent/saturated counts, Dale violations, and the E/I input-current correlation per neuron.
+* Decoding of the teacher's tasks from the student readout, with its ratio to the teacher's (balanced accuracy).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from ..metrics import spiking
+from ..metrics.cca import heldout_cca, null_heldout_cca
+from .config import StudentConfig
+from .dale import dale_violations, neuron_signs
+from .network import StudentNet
+
+log = logging.getLogger(__name__)
+
+
+def _run_chunks(net: StudentNet, counts: np.ndarray, starts: np.ndarray, chunk: int, burn_in: int,
+                record_currents: bool = False) -> dict[str, np.ndarray]:
+    """Simulate chunks [s - burn_in, s + chunk) (zero-padded at the ends) in one batch; returns readout
+    (B, chunk, D) and spikes (B, chunk * substeps, N) uint8 without the burn-in (and currents if asked)."""
+    n_bins, n_in = counts.shape
+    x = np.zeros((len(starts), burn_in + chunk, n_in), np.float32)
+    for i, s in enumerate(starts):
+        a, b = max(s - burn_in, 0), min(s + chunk, n_bins)
+        x[i, a - (s - burn_in): b - (s - burn_in)] = counts[a:b]
+    res = net.simulate(torch.from_numpy(x), record_currents=record_currents)
+    k = burn_in * net.substeps
+    out = {"readout": res["readout"][:, burn_in:].numpy(), "spikes": res["spikes"][k:].permute(1, 0, 2).numpy()}
+    if record_currents:
+        out["i_exc"] = res["i_exc"][k:].permute(1, 0, 2).numpy()
+        out["i_inh"] = res["i_inh"][k:].permute(1, 0, 2).numpy()
+    return out
+
+
+def student_readout(net: StudentNet, counts: np.ndarray, chunk: int = 200, burn_in: int = 8,
+                    batch: int = 64) -> np.ndarray:
+    """Readout (n_bins, D) float32 for every bin of counts (n_bins, n_in), causal (chunked with warm-up)."""
+    n_bins = len(counts)
+    starts = np.arange(0, n_bins, chunk)
+    out = np.zeros((len(starts) * chunk, net.n_out), np.float32)
+    for i in range(0, len(starts), batch):
+        s = starts[i:i + batch]
+        r = _run_chunks(net, counts, s, chunk, burn_in)["readout"]
+        out[s[0]: s[0] + len(s) * chunk] = r.reshape(-1, net.n_out)
+    return out[:n_bins]
+
+
+def firing_statistics(net: StudentNet, counts: np.ndarray, test_mask: np.ndarray, cfg: StudentConfig) -> dict:
+    """Firing statistics of the student on up to ``cfg.eval_spike_chunks`` chunks lying wholly in test bins."""
+    chunk = cfg.eval_chunk
+    ok = np.concatenate([[0], np.cumsum(test_mask)])
+    starts = np.arange(0, len(counts) - chunk + 1, chunk)
+    starts = starts[(ok[starts + chunk] - ok[starts]) == chunk]
+    if len(starts) == 0:
+        return {}
+    starts = starts[np.linspace(0, len(starts) - 1, min(cfg.eval_spike_chunks, len(starts))).astype(int)]
+    spikes = _run_chunks(net, counts, starts, chunk, cfg.burn_in)["spikes"]
+    cur = _run_chunks(net, counts, starts[:8], chunk, cfg.burn_in, record_currents=True)
+    ne = net.n_exc
+    r = spiking.rate_hz(spikes, cfg.dt)
+    silent, saturated = spiking.silent_saturated(r, cfg.silent_below_hz, cfg.saturated_above_hz)
+    ei = spiking.ei_current_correlation(cur["i_exc"], cur["i_inh"])
+    nan_median = lambda a: float(np.nanmedian(a)) if np.isfinite(a).any() else float("nan")  # noqa: E731
+    cvs = spiking.cv_isi(spikes)
+    # what the report draws and only this simulation knows (see neurojepa.report.build.REPORT_DATA_KEYS)
+    t_show = min(spikes.shape[1], int(round(1.0 / cfg.dt)))  # 1 s of the first held-out chunk
+    rng = np.random.default_rng(cfg.seed)
+    show_e = np.sort(rng.choice(ne, min(ne, 60), replace=False))
+    show_i = ne + np.sort(rng.choice(net.n_inh, min(net.n_inh, 20), replace=False))
+    w = net.rec.weight.detach().cpu().numpy()
+    report = dict(raster_t=np.arange(t_show) * cfg.dt, raster_exc=spikes[0][:t_show][:, show_e].astype(bool),
+                  raster_inh=spikes[0][:t_show][:, show_i].astype(bool), rates_hz=r.astype(np.float64),
+                  is_exc=np.arange(net.n_exc + net.n_inh) < ne, cv_isi=np.asarray(cvs, np.float64), w_rec=w)
+    return dict(_report=report,rate_hz_median=float(np.median(r)), rate_hz_median_exc=float(np.median(r[:ne])),
+                rate_hz_median_inh=float(np.median(r[ne:])),
+                frac_in_band=spiking.frac_in_band(r, cfg.rate_low_hz, cfg.rate_high_hz),
+                cv_isi_median=nan_median(cvs),
+                fano_median=nan_median(spiking.fano_factor(spikes, int(round(0.1 / cfg.dt)))),
+                n_silent=silent, n_saturated=saturated, ei_current_corr_median=nan_median(ei),
+                firing_seconds=float(spikes.shape[0] * spikes.shape[1] * cfg.dt))
+
+
+def count_dale_violations(net: StudentNet) -> int:
+    """Weights whose sign contradicts the presynaptic type: inputs and readout must be >= 0 (E afferents, E-only
+    readout), recurrent columns follow the E/I sign."""
+    w_in, w_out = net.inp.weight, net.readout.weight
+    return (dale_violations(w_in, torch.ones(w_in.shape[1])) + dale_violations(w_out, torch.ones(w_out.shape[1]))
+            + dale_violations(net.rec.weight, neuron_signs(net.n_exc, net.n_inh)))
+
+
+def _decoding_ratio(student: dict, teacher: dict) -> dict:
+    """Ratios of balanced accuracy, student / teacher, for every within-state task both have."""
+    ratios = {}
+    for state, tasks in (student.get("within") or {}).items():
+        for task, res in tasks.items():
+            t = ((teacher.get("within") or {}).get(state) or {}).get(task) or {}
+            s_acc, t_acc = res.get("balanced_accuracy"), t.get("balanced_accuracy")
+            if s_acc is not None and t_acc and np.isfinite(s_acc) and np.isfinite(t_acc):
+                ratios[f"{state}/{task}"] = float(s_acc / t_acc)
+    return ratios
+
+
+def _decoding_report():
+    """The teacher's decoding protocol (same tasks, same splits), wherever it lives."""
+    try:
+        from ..metrics.decoding import decoding_report  # preferred home: pure function of arrays
+    except ImportError:
+        from ..teacher.evaluate import decoding_report  # TODO(lead): move to metrics.decoding
+    return decoding_report
+
+
+def _in_states(state: np.ndarray | None, states, n: int) -> np.ndarray:
+    if not states or state is None:
+        return np.ones(n, bool)
+    return np.isin(np.asarray(state).astype(str), list(states))
+
+
+def evaluate_student(net: StudentNet, counts: np.ndarray, latents: np.ndarray, split: np.ndarray,
+                     cfg: StudentConfig, labels=None, teacher_decoding: dict | None = None,
+                     train_states=None, test_states=None, decode: bool = True) -> tuple[dict, np.ndarray]:
+    """All student metrics. counts: (n_bins, n_in), latents: (n_bins, D) teacher, split: (n_bins,) str.
+
+    CCA directions are fit on train blocks of ``train_states`` and scored on test blocks of ``test_states`` (all
+    states when empty; labels["state"] gives each bin's state). When they differ, ``cca_heldout_mean_within`` adds
+    the score on test blocks of the training states. Returns (metrics dict, readout (n_bins, D) float32)."""
+    net.eval()
+    split = np.asarray(split).astype(str)
+    state = labels["state"].to_numpy() if labels is not None and "state" in labels else None
+    z = student_readout(net, counts, cfg.eval_chunk, cfg.burn_in)
+    valid = np.arange(len(z)) >= cfg.burn_in
+    tr = valid & (split == "train") & _in_states(state, train_states, len(z))
+    te = valid & (split == "test") & _in_states(state, test_states, len(z))
+    if tr.sum() < 5 * z.shape[1] or te.sum() < 5 * z.shape[1]:
+        raise InputError("student evaluation", f"too few train ({tr.sum()}) or test ({te.sum()}) bins for "
+                         "held-out CCA (check train_states/test_states)")
+    cca = heldout_cca(z[tr], latents[tr], z[te], latents[te], cfg.ridge)
+    null = null_heldout_cca(z[tr], latents[tr], z[te], latents[te], cfg.ridge, seed=cfg.seed)
+    m = dict(cca_heldout=[float(c) for c in cca], cca_heldout_mean=float(np.mean(cca)),
+             cca_null_mean=float(np.mean(null)), n_train_bins=int(tr.sum()), n_test_bins=int(te.sum()))
+    if test_states and list(test_states) != list(train_states or []):
+        within = valid & (split == "test") & _in_states(state, train_states, len(z))
+        if within.sum() >= 5 * z.shape[1]:
+            m["cca_heldout_mean_within"] = float(np.mean(heldout_cca(z[tr], latents[tr], z[within], latents[within],
+                                                                     cfg.ridge)))
+    m.update(firing_statistics(net, counts, te, cfg))
+    report = m.pop("_report", None)
+    if report is not None:
+        report["cca_null"] = np.asarray(null, np.float64)
+        m["_report"] = report  # popped by distill, written to report_data.npz
+    m.update(dale_violations=count_dale_violations(net), n_exc=net.n_exc, n_inh=net.n_inh)
+    if labels is not None and decode:
+        dec = _decoding_report()(z, labels, split, net.bin_size)
+        m["decoding"] = dec
+        if teacher_decoding:
+            ratios = _decoding_ratio(dec, teacher_decoding)
+            m["decoding_ratio"] = ratios
+            m["decoding_ratio_mean"] = float(np.mean(list(ratios.values()))) if ratios else None
+            m["decoding_ratio_min"] = float(np.min(list(ratios.values()))) if ratios else None
+    return m, z

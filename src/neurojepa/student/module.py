@@ -1,0 +1,70 @@
+"""The distillation step as a LightningModule: the whole training story on one screen.
+
+loss = cca_loss(student readout, teacher latents)            # minus the sum of canonical correlations (float64)
+       + homeostasis_weight * band_penalty(rates in Hz)      # 5-20 Hz per neuron
+       + l1_weight * mean |W_rec|                           # optional sparsity
+
+Each batch is (counts (B, burn_in + window, n_in), teacher latents (B, burn_in + window, D)); the first burn_in bins
+only bring the network state out of its zero initial condition and are left out of both terms. A step with a
+non-finite loss is skipped (NaN guard) and counted; too many in a row stop training.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import lightning as L
+import torch
+
+from ..metrics.cca import cca_loss
+from .config import StudentConfig
+from .homeostasis import band_penalty, rates_hz
+from .network import StudentNet
+
+log = logging.getLogger(__name__)
+
+MAX_BAD_STEPS = 20
+
+
+class StudentModule(L.LightningModule):
+    def __init__(self, net: StudentNet, cfg: StudentConfig, homeostasis: bool = True):
+        super().__init__()
+        self.net, self.cfg, self.homeostasis = net, cfg, homeostasis
+        self.bad_steps = 0
+
+    def losses(self, counts: torch.Tensor, teacher: torch.Tensor) -> dict[str, torch.Tensor]:
+        cfg, b = self.cfg, self.cfg.burn_in
+        out = self.net(counts)
+        y = out["readout"][:, b:].reshape(-1, out["readout"].shape[-1])
+        z = teacher[:, b:].reshape(-1, teacher.shape[-1])
+        cca = cca_loss(y, z, cfg.ridge).to(y.dtype)
+        rates = rates_hz(out["spikes"][b * self.net.substeps:], cfg.dt, per_window=cfg.homeostasis_per_window)
+        band = band_penalty(rates, cfg.rate_low_hz, cfg.rate_high_hz)
+        loss = cca + (cfg.homeostasis_weight * band if self.homeostasis else 0.0)
+        if cfg.l1_weight > 0:
+            loss = loss + cfg.l1_weight * self.net.rec.weight.abs().mean()
+        return dict(loss=loss, cca=-cca / y.shape[-1], band=band, rate=rates.median().detach())
+
+    def training_step(self, batch, batch_idx):
+        parts = self.losses(*batch)
+        if not torch.isfinite(parts["loss"]):
+            self.bad_steps += 1
+            log.warning("non-finite loss at step %d, skipped (%d so far)", self.global_step, self.bad_steps)
+            if self.bad_steps >= MAX_BAD_STEPS:
+                self.trainer.should_stop = True
+            return None  # Lightning skips the optimiser step
+        self.bad_steps = 0
+        self.log_dict({f"train_{k}": v.detach() for k, v in parts.items()}, prog_bar=True)
+        return parts["loss"]
+
+    def validation_step(self, batch, batch_idx):
+        with torch.no_grad():
+            parts = self.losses(*batch)
+        self.log_dict({f"val_{k}": v for k, v in parts.items()}, prog_bar=False)
+
+    def configure_optimizers(self):
+        opt = torch.optim.Adam(self.net.parameters(), lr=self.cfg.lr)
+        total = max(self.cfg.max_steps, 1)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

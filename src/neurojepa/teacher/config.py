@@ -1,0 +1,68 @@
+"""Teacher options, with their defaults in one place (loaded by :func:`neurojepa.config.load_config`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ModelConfig:
+    width: int = 64                    # channels of the temporal encoder
+    embed_dim: int = 32                # latent z_t dimensions
+    kernel: int = 3                    # causal conv kernel (bins)
+    smooth_bins: int = 16              # learnable causal input filter (exponential init, tau 5 bins)
+    dilations: list[int] = field(default_factory=lambda: [1, 2, 4, 8])  # receptive field 16 + 2*15 = 46 bins
+    horizon: int = 10                  # K: the predictor forecasts z_{t+1..t+K}
+    predictor_hidden: int = 128
+    input_transform: str = "sqrt"      # sqrt | log1p of counts before the read-in (sqrt: variance-stabilising)
+
+
+@dataclass
+class LossConfig:
+    regulariser: str = "sigreg"        # sigreg | vicreg | none
+    lam: float = 0.05                  # loss = (1 - lam) * prediction + lam * regulariser
+    num_slices: int = 32               # SIGReg random directions per step
+    time_stride: int = 4               # SIGReg on every 4th time step (latents are smooth; cos/sin dominate cost)
+    time_weight: float = 0.0           # weight of SIGReg across time inside windows (0.25 pushed latents to noise)
+    target: str = "self"               # self (LeJEPA: same encoder, no stop-grad) | ema (ablation)
+    ema_decay: float = 0.99
+    count_weight: float = 1.0          # mu: + mu * Poisson NLL of the other view's counts from z_t (0 = pure LeJEPA)
+
+
+@dataclass
+class AugmentConfig:
+    gain_jitter: float = 0.2           # per-unit multiplicative gain ~ exp(N(0, s^2)), per window and view
+    unit_dropout: float = 0.0          # each input unit silenced with this probability, per window and view
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    window: int = 64                   # bins with a loss per window (plus the encoder's warm-up)
+    stride: int = 16
+    batch_size: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    steps_per_epoch: int = 50
+    max_epochs: int = 16
+    patience: int = 6                  # early stopping on val loss, in epochs
+    val_windows: int = 256             # fixed val windows scored each epoch
+    threads: int = 1                   # torch threads (the machine is shared)
+    progress: bool = True
+
+
+@dataclass
+class EvalConfig:
+    heldout_fraction: float = 0.2      # units hidden from the encoder, for co-smoothing
+    smooth_ms: float = 50.0            # causal exponential smoothing of counts for the baselines
+    flash_window_ms: float = 250.0     # decoding features: mean latent over this window after flash onset
+    baselines: bool = True
+
+
+@dataclass
+class TeacherConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)

@@ -1,0 +1,143 @@
+"""Scoring latents on held-out time blocks: the ``"teacher"`` section of metrics.json.
+
+:func:`score_latents` applies the same metrics to any per-bin latent array (the teacher's or a baseline's), so
+the numbers beside each other come from the same splits and code. :func:`evaluate_teacher` adds what only a
+predictive model has (``forecast_r2``) and puts the baselines beside the teacher.
+
+Splits: ``train`` bins fit every read-out (ridge, GLM, logistic regression), ``test`` bins score it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import torch
+
+from ..metrics.cobps import cobps as cobps_score
+from ..metrics.decoding import decode, flash_features, flash_onsets
+from ..metrics.latent import cross_state_r2, forecast_r2, per_dim_std, rankme, ridge_r2
+from .baselines import baseline_latents
+from .sigreg import sigreg_statistic
+
+log = logging.getLogger(__name__)
+
+
+def _decoding_tasks(labels, onsets: np.ndarray, bin_size: float) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{task: (flash rows into onsets, labels)}: image identity and is_change on shown flashes; lick (any lick
+    within 750 ms) and hit-vs-miss on change flashes, in the active state only."""
+    img = labels["image"].to_numpy()[onsets].astype(str)
+    shown = (img != "") & ~labels["omitted"].to_numpy()[onsets].astype(bool)
+    state = labels["state"].to_numpy()[onsets].astype(str)
+    tasks = {"image": (np.flatnonzero(shown), img[shown]),
+             "is_change": (np.flatnonzero(shown), labels["is_change"].to_numpy()[onsets][shown].astype(bool))}
+    active = shown & (state == "active")
+    lick_bins = np.concatenate([[0], np.cumsum(labels["licks"].fillna(0).to_numpy() > 0)])
+    stop = np.minimum(onsets + int(round(0.75 / bin_size)), len(labels))
+    licked = (lick_bins[stop] - lick_bins[onsets]) > 0
+    tasks["lick"] = (np.flatnonzero(active), licked[active])
+    outcome = labels["trial_outcome"].to_numpy()[onsets].astype(str)
+    hm = active & np.isin(outcome, ["hit", "miss"])
+    tasks["hit"] = (np.flatnonzero(hm), outcome[hm] == "hit")
+    return tasks
+
+
+def _compare_states(state: np.ndarray) -> list[str]:
+    """The states to compare: active and passive when both exist (the research question), else all."""
+    present = sorted(s for s in np.unique(state) if s)
+    return ["active", "passive"] if {"active", "passive"} <= set(present) else present
+
+
+def decoding_report(z: np.ndarray, labels, split: np.ndarray, bin_size: float, window_ms: float = 250.0,
+                    seed: int = 0) -> dict:
+    """Within-state (train blocks -> test blocks) and cross-state (one state's train -> other's test) decoding.
+
+    z: (n_bins, D). Returns {"within": {state: {task: decode()}}, "cross": {"A->B": {task: decode()}}}; only the
+    metrics (balanced_accuracy, accuracy, chance, n_train, n_test) are kept.
+    """
+    if "time_since_flash" not in labels or labels["time_since_flash"].isna().all():
+        return {}
+    onsets = flash_onsets(labels["time_since_flash"].to_numpy(), bin_size)
+    feats = flash_features(z, onsets, max(1, int(round(window_ms / 1000 / bin_size))))
+    fstate = labels["state"].to_numpy()[onsets].astype(str)
+    fsplit = np.asarray(split)[onsets]
+    states = _compare_states(fstate)
+    out: dict = {"within": {}, "cross": {}}
+    for task, (rows, y) in _decoding_tasks(labels, onsets, bin_size).items():
+        st, sp, x = fstate[rows], fsplit[rows], feats[rows]
+        for a in states:
+            res = decode(x, y, (st == a) & (sp == "train"), (st == a) & (sp == "test"), seed=seed)
+            if res["n_classes"] >= 2:
+                out["within"].setdefault(a, {})[task] = res
+            for b in states:
+                if a != b and task in ("image", "is_change"):
+                    res = decode(x, y, (st == a) & (sp == "train"), (st == b) & (sp == "test"), seed=seed)
+                    out["cross"].setdefault(f"{a}->{b}", {})[task] = res
+    return out
+
+
+def score_latents(z: np.ndarray, ctx: dict, *, collapse: bool = True) -> dict:
+    """All array metrics of per-bin latents z: (n_bins, D) on the session context ``ctx`` (see
+    :func:`session_context`): rankme, embed_dim, per-dimension std, sigreg on held-out, gt_r2 (+ per-dim),
+    gt_r2_cross_state, cobps, decoding."""
+    t0 = time.perf_counter()
+    split, test, train = ctx["split"], ctx["split"] == "test", ctx["split"] == "train"
+    out: dict = {}
+    if collapse:
+        zt = z[test]
+        out.update(rankme=rankme(zt), embed_dim=int(z.shape[1]), per_dim_std=per_dim_std(zt).tolist(),
+                   sigreg_heldout=sigreg_statistic(zt))
+    if ctx.get("gt") is not None:
+        r2, dims = ridge_r2(z, ctx["gt"], train, test, per_dim=True)
+        out.update(gt_r2=r2, gt_r2_per_dim=dims.tolist())
+        cross = cross_state_r2(z, ctx["gt"], ctx["state"], split, ctx["compare_states"])
+        if cross:
+            out.update(gt_r2_cross_state=cross["mean"], gt_r2_cross_state_pairs=cross)
+    if ctx.get("heldout_counts") is not None and ctx["heldout_counts"].shape[1] > 0:
+        out["cobps"] = cobps_score(z, ctx["heldout_counts"], train, test)
+    if ctx.get("labels") is not None:
+        out["decoding"] = decoding_report(z, ctx["labels"], split, ctx["bin_size"], ctx.get("flash_window_ms", 250.0))
+    out["eval_seconds"] = round(time.perf_counter() - t0, 2)
+    return out
+
+
+def session_context(session, counts: np.ndarray, heldout: np.ndarray, flash_window_ms: float = 250.0) -> dict:
+    """The arrays every scorer needs, pulled once from a prepared session (or anything with its attributes)."""
+    labels = getattr(session, "labels", None)
+    state = labels["state"].to_numpy().astype(str) if labels is not None else np.full(session.n_bins, "all")
+    return dict(split=np.asarray(session.split).astype(str), state=state, compare_states=_compare_states(state),
+                gt=getattr(session, "gt_latents", None), labels=labels, bin_size=float(session.bin_size),
+                heldout_counts=counts[:, heldout], flash_window_ms=flash_window_ms)
+
+
+def forecast_score(net, z: np.ndarray, session) -> float:
+    """forecast_r2 on test segments: the predictor's z_{t+1..t+K} from z_t against the encoder's actual ones."""
+    k = net.horizon
+    rows = np.concatenate([np.arange(a, b - k) for a, b in session.segments("test") if b - a > k] or [np.zeros(0, int)])
+    if len(rows) == 0:
+        return float("nan")
+    with torch.no_grad():
+        pred = net.predict(torch.as_tensor(z[rows], dtype=torch.float32)[None])[0, :, 1:].numpy()  # (n, K, D)
+    target = np.stack([z[rows + j + 1] for j in range(k)], axis=1)
+    return forecast_r2(pred, target)
+
+
+def evaluate_teacher(net, z: np.ndarray, session, counts: np.ndarray, heldin: np.ndarray, heldout: np.ndarray,
+                     cfg) -> dict:
+    """The ``"teacher"`` metrics section: teacher scores at top level, baselines under ``"baselines"``."""
+    ctx = session_context(session, counts, heldout, cfg.eval.flash_window_ms)
+    out = score_latents(z, ctx)
+    out["forecast_r2"] = forecast_score(net, z, session)
+    out["n_heldin_units"], out["n_heldout_units"] = int(len(heldin)), int(len(heldout))
+    if cfg.eval.baselines:
+        base = baseline_latents(counts[:, heldin], ctx["split"] == "train", ctx["bin_size"], z.shape[1],
+                                cfg.eval.smooth_ms, cfg.train.seed)
+        out["baselines"] = {}
+        for name, feats in base.items():
+            if name == "fa":  # the classical latent model: compared on ground-truth recovery only
+                sub = {k: v for k, v in ctx.items() if k not in ("heldout_counts", "labels")}
+                out["baselines"][name] = score_latents(feats, sub, collapse=False)
+            else:
+                out["baselines"][name] = score_latents(feats, ctx)
+    return out

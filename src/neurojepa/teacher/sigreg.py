@@ -1,0 +1,130 @@
+"""Anti-collapse regularisers for the teacher: SIGReg (LeJEPA) and VICReg, written by hand.
+
+SIGReg (Balestriero & LeCun 2025, arXiv 2511.08544) pushes a cloud of embeddings toward an isotropic Gaussian
+N(0, I). It projects the embeddings on random unit directions and, for each 1-D projection, measures the
+Epps-Pulley distance between its empirical characteristic function ``ecf(t) = mean_n exp(i t x_n)`` and the
+Gaussian one ``exp(-t^2/2)``::
+
+    EP = N * integral |ecf(t) - exp(-t^2/2)|^2 * exp(-t^2/2) dt
+
+The integrand is even in t, so we integrate on [0, t_max] with the trapezoid rule and double the weights (the
+official code's choice: t_max = 3, 17 knots). The directions are redrawn every step from a generator seeded by
+the step number, so a run (and a resumed run) is reproducible and every worker would draw the same ones.
+
+For time series, SIGReg across the batch alone lets the time axis collapse (lejepa issue #27), so
+:func:`sigreg_sequence` applies it per time step across the batch and, with a smaller weight, across time
+inside each window. The statistic grows with the sample count N, so compare values only at equal N.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def _trapezoid_grid(t_max: float, knots: int, device=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Knots t (knots,), Gaussian window phi(t) and quadrature weights (doubled: the integrand is even)."""
+    t = torch.linspace(0.0, t_max, knots, device=device)
+    dt = t_max / (knots - 1)
+    w = torch.full((knots,), 2 * dt, device=device)
+    w[0] = w[-1] = dt  # half weight at both ends of [0, t_max], doubled for [-t_max, 0]
+    phi = torch.exp(-0.5 * t * t)
+    return t, phi, w * phi
+
+
+def epps_pulley(x: torch.Tensor, t_max: float = 3.0, knots: int = 17) -> torch.Tensor:
+    """Epps-Pulley normality statistic of 1-D samples.
+
+    x: (..., N) samples along the last axis (any leading batch axes). Returns (...,): N times the weighted
+    squared distance between the sample's characteristic function and N(0, 1)'s. About 0 for standard normal
+    samples (its expectation under H0 is O(1), independent of N), large for anything else.
+    """
+    if knots < 2:
+        raise ValueError("knots must be >= 2")
+    t, phi, weights = _trapezoid_grid(t_max, knots, device=x.device)
+    xt = x.unsqueeze(-1) * t.to(x.dtype)  # (..., N, knots)
+    err = (xt.cos().mean(-2) - phi).square() + xt.sin().mean(-2).square()  # |ecf - phi|^2, (..., knots)
+    return (err @ weights.to(x.dtype)) * x.shape[-1]
+
+
+def random_directions(dim: int, num_slices: int, step: int, seed: int = 0, device=None,
+                      dtype=torch.float32) -> torch.Tensor:
+    """(dim, num_slices) unit vectors, a function of (seed, step) only: the same on resume and on every worker."""
+    g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(step))
+    a = torch.randn(dim, num_slices, generator=g, dtype=torch.float32)
+    return (a / a.norm(dim=0, keepdim=True)).to(device=device, dtype=dtype)
+
+
+def sigreg(z: torch.Tensor, directions: torch.Tensor, t_max: float = 3.0, knots: int = 17) -> torch.Tensor:
+    """SIGReg of embeddings z: (..., N, D), samples on axis -2. directions: (D, M) unit vectors.
+
+    Returns (...,): the Epps-Pulley statistic averaged over the M slices.
+    """
+    proj = z @ directions  # (..., N, M)
+    return epps_pulley(proj.transpose(-1, -2), t_max, knots).mean(-1)
+
+
+def sigreg_sequence(z: torch.Tensor, step: int, *, num_slices: int = 64, seed: int = 0, time_weight: float = 0.25,
+                    t_max: float = 3.0, knots: int = 17) -> torch.Tensor:
+    """SIGReg for a batch of latent trajectories z: (B, T, D) -> scalar.
+
+    Per time step across the batch (each of the T clouds of B points should be N(0, I)) plus ``time_weight``
+    times the statistic across time inside each window (each window's T points), the guard against a latent
+    that is Gaussian across windows but frozen in time. Each term is divided by its own sample count (B or T)
+    and the sum multiplied by a reference N = 64, so that the balance between them, and with the prediction
+    loss, does not move with batch size or window length.
+    """
+    directions = random_directions(z.shape[-1], num_slices, step, seed, device=z.device, dtype=z.dtype)
+    across_batch = sigreg(z.transpose(0, 1), directions).mean() / z.shape[0]  # (T,) clouds of B points
+    loss = across_batch
+    if time_weight > 0:
+        across_time = sigreg(z, directions).mean() / z.shape[1]  # (B,) clouds of T points
+        loss = loss + time_weight * across_time
+    return loss * 64.0
+
+
+def vicreg(z: torch.Tensor, gamma: float = 1.0, eps: float = 1e-4) -> torch.Tensor:
+    """VICReg variance + covariance terms (Bardes et al. 2022) per time step across the batch.
+
+    z: (B, T, D). Hinge on each dimension's std (target ``gamma``) plus the mean squared off-diagonal
+    covariance, averaged over time steps. The invariance term is our prediction loss, so it is not here.
+    """
+    zt = z.transpose(0, 1)  # (T, B, D)
+    zt = zt - zt.mean(1, keepdim=True)
+    std = torch.sqrt(zt.var(1, unbiased=True) + eps)  # (T, D)
+    var_term = torch.relu(gamma - std).mean()
+    b, d = zt.shape[1], zt.shape[2]
+    cov = zt.transpose(1, 2) @ zt / (b - 1)  # (T, D, D)
+    off = cov - torch.diag_embed(torch.diagonal(cov, dim1=1, dim2=2))
+    cov_term = off.square().sum((1, 2)).mean() / d
+    return 25.0 * var_term + cov_term  # VICReg's default 25:1 ratio of variance to covariance weight
+
+
+def regulariser(name: str, z: torch.Tensor, step: int, *, num_slices: int = 64, seed: int = 0,
+                time_weight: float = 0.25) -> torch.Tensor:
+    """The switch used by the training module: 'sigreg' | 'vicreg' | 'none'. z: (B, T, D) -> scalar."""
+    if name == "sigreg":
+        return sigreg_sequence(z, step, num_slices=num_slices, seed=seed, time_weight=time_weight)
+    if name == "vicreg":
+        return vicreg(z)
+    if name == "none":
+        return z.new_zeros(())
+    raise ValueError(f"unknown regulariser {name!r}")
+
+
+def sigreg_statistic(z, num_slices: int = 256, n_samples: int = 512, repeats: int = 8, seed: int = 0) -> float:
+    """Held-out collapse diagnostic: SIGReg of a (n, D) latent array on random subsets of ``n_samples`` rows.
+
+    Mean over ``repeats`` subsets; returns a float. At fixed n_samples, about 1 for N(0, I) latents (order-one
+    under the null), far larger for collapsed or low-rank ones.
+    """
+    z = torch.as_tensor(z, dtype=torch.float32)
+    g = torch.Generator().manual_seed(seed)
+    n = min(n_samples, z.shape[0])
+    vals = []
+    for r in range(repeats):
+        idx = torch.randperm(z.shape[0], generator=g)[:n]
+        dirs = random_directions(z.shape[1], num_slices, r, seed)
+        vals.append(float(sigreg(z[idx], dirs)))
+    return float(sum(vals) / len(vals)) if vals else math.nan

@@ -1,0 +1,87 @@
+"""A tiny in-memory stand-in for :class:`neurojepa.data.dataset.PreparedSession`, for tests and benchmarks.
+
+Poisson counts from smooth low-dimensional latents with known ground truth, two states (``active``,
+``passive``) that change each unit's gain but not the latent dynamics, image flashes that push the latents,
+and the same attributes as a prepared session (``load_counts``, ``split``, ``labels``, ``segments``,
+``gt_latents``, ``bin_size``, ``t_start``). It is deliberately simple; the real simulator lives in
+``neurojepa.data.simulate``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.signal import lfilter
+
+
+class ToySession:
+    """Synthetic prepared session. n_bins per state, n_units units, d latents, 10 ms bins."""
+
+    def __init__(self, n_bins: int = 6000, n_units: int = 60, d: int = 4, seed: int = 0, rate_hz: float = 15.0,
+                 tau_s: float = 0.15, n_images: int = 4, blocks_per_state: int = 10):
+        rng = np.random.default_rng(seed)
+        self.bin_size, self.t_start, self.path = 0.01, 0.0, Path("toy")
+        n = 2 * n_bins
+        self.n_bins, self.n_units = n, n_units
+        a = np.exp(-self.bin_size / tau_s)
+        # smooth latents: AR(1)-filtered noise, twice (a smooth, 2nd-order process), unit variance
+        drive = rng.standard_normal((n, d))
+        flash = np.arange(n) % 75 == 0  # a 250 ms flash every 750 ms
+        images = rng.integers(0, n_images, flash.sum())
+        image_vecs = rng.standard_normal((n_images, d)) * 3.0
+        drive[flash] += image_vecs[images]
+        z = lfilter([1 - a], [1, -a], lfilter([1 - a], [1, -a], drive, axis=0), axis=0)
+        z = (z - z.mean(0)) / z.std(0)
+        state = np.where(np.arange(n) < n_bins, "active", "passive")
+        c = rng.standard_normal((d, n_units)) * 0.8 / np.sqrt(d)  # log-rate modulation std ~0.8
+        gain = np.where(state[:, None] == "active", 1.0, rng.uniform(0.6, 1.4, n_units))  # state changes the code
+        log_rate = np.log(rate_hz * self.bin_size) + (z @ c) * gain - 0.5 * 0.64 * gain**2
+        self._counts = rng.poisson(np.exp(log_rate)).astype(np.uint8)
+        self.gt_latents = z.astype(np.float32)
+        # labels
+        tsf = np.full(n, np.nan)
+        img = np.full(n, "", dtype=object)
+        is_change = np.zeros(n, bool)
+        onsets = np.flatnonzero(flash)
+        names = np.array([f"im{i}" for i in images], dtype=object)
+        for i, o in enumerate(onsets):
+            tsf[o:o + 25] = np.arange(min(25, n - o)) * self.bin_size
+            img[o:o + 25] = names[i]
+            is_change[o] = i > 0 and names[i] != names[i - 1]
+        licks = (rng.random(n) < 0.002).astype(int)
+        outcome = np.full(n, "", dtype=object)
+        outcome[is_change & (state == "active")] = np.where(rng.random((is_change & (state == "active")).sum()) < .6,
+                                                            "hit", "miss")
+        self.labels = pd.DataFrame(dict(state=state, block=(state == "passive").astype(int), image=img,
+                                        is_change=is_change, omitted=np.zeros(n, bool), time_since_flash=tsf,
+                                        running=np.zeros(n), licks=licks, trial_outcome=outcome))
+        # split: contiguous blocks inside each state, 60/20/20
+        split = np.empty(n, dtype=object)
+        for s in ("active", "passive"):
+            idx = np.flatnonzero(state == s)
+            parts = np.array_split(idx, blocks_per_state)
+            kinds = rng.permutation(["train"] * (blocks_per_state * 6 // 10) + ["val"] * (blocks_per_state * 2 // 10)
+                                    + ["test"] * (blocks_per_state - blocks_per_state * 8 // 10))
+            for p, k in zip(parts, kinds):
+                split[p] = k
+        self.split = split.astype(str)
+        self.unit_ids = np.arange(n_units, dtype=np.int64)
+
+    def load_counts(self) -> np.ndarray:
+        return self._counts
+
+    def bin_times(self) -> np.ndarray:
+        return self.t_start + np.arange(self.n_bins) * self.bin_size
+
+    def segments(self, split: str, states=None) -> list[tuple[int, int]]:
+        state = self.labels["state"].to_numpy()
+        ok = (self.split == split) & (np.isin(state, list(states)) if states is not None else True)
+        change = np.flatnonzero(np.diff(np.concatenate([[0], ok.astype(int), [0]])) != 0)
+        runs = [(int(a), int(b)) for a, b in zip(change[::2], change[1::2])]
+        out = []
+        for a, b in runs:  # also cut where the state changes
+            cuts = [a] + [i for i in range(a + 1, b) if state[i] != state[i - 1]] + [b]
+            out.extend(zip(cuts[:-1], cuts[1:]))
+        return out

@@ -1,0 +1,194 @@
+"""Train the teacher on a prepared dataset and write everything downstream phases read.
+
+``teach(dataset_dir, out_dir, cfg)`` -> out_dir with::
+
+    last.ckpt, best.ckpt   Lightning checkpoints (every epoch; best by val loss)
+    logs/                  CSV and TensorBoard logs
+    config.yaml            the resolved TeacherConfig
+    metrics.json           {"teacher": {...}} (see evaluate.py), metrics of the best checkpoint
+    latents.npz            latents (n_bins, D) float32 causal latents of EVERY bin, bin_size, t_start,
+                           dataset_dir, heldin_units / heldout_units (unit indices), embed_dim
+
+Determinism: ``seed_everything`` + ``deterministic=True``; windows are drawn by a sampler seeded by
+(seed, epoch) and all in-step randomness by (seed, global step), so resuming from ``last.ckpt`` (saved at the end
+of each epoch) replays the same steps and gives the same final metrics as an uninterrupted run.
+
+Training windows are cut from the counts held in memory (a session is 10^5 bins x a few hundred units of
+uint8, tens of MB), not read through WindowDataset item by item from HDF5, which would dominate the step time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ..config import save_config, to_dict
+from ..errors import InputError, atomic_path
+from .config import TeacherConfig
+from .evaluate import evaluate_teacher
+from .module import TeacherModule
+
+log = logging.getLogger(__name__)
+
+
+class Windows(Dataset):
+    """Windows of ``length`` bins from in-memory counts (n_bins, U); never straddling a segment boundary."""
+
+    def __init__(self, counts: np.ndarray, segments, length: int, stride: int, states: list[str] | None = None):
+        self.counts, self.length = counts, length
+        starts, st = [], []
+        for i, (a, b) in enumerate(segments):
+            s = list(range(a, b - length + 1, stride))
+            starts += s
+            st += [states[i] if states else ""] * len(s)
+        self.starts, self.states = np.asarray(starts, dtype=np.int64), np.asarray(st)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        s = int(self.starts[i])
+        return torch.from_numpy(self.counts[s:s + self.length].astype(np.float32))
+
+
+class EpochSampler(Sampler):
+    """``num_samples`` window indices per epoch, drawn with replacement, each state equally often (state-balanced
+    batches), from a generator seeded by (seed, epoch): the order is a pure function of the epoch number."""
+
+    def __init__(self, states: np.ndarray, num_samples: int, seed: int):
+        _, inv, counts = np.unique(states, return_inverse=True, return_counts=True)
+        self.weights = torch.as_tensor(1.0 / counts[inv], dtype=torch.float64)
+        self.num_samples, self.seed, self.epoch = num_samples, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:  # Lightning calls this at the start of every epoch
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.multinomial(self.weights, self.num_samples, replacement=True, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+class _GoodCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint that refuses to save once the NaN guard fired: the last good checkpoint stays."""
+
+    def _save_checkpoint(self, trainer, filepath):
+        if getattr(trainer.lightning_module, "diverged_at", None) is None:
+            super()._save_checkpoint(trainer, filepath)
+
+
+def _segments_with_states(session, split: str) -> tuple[list[tuple[int, int]], list[str]]:
+    labels = getattr(session, "labels", None)
+    if labels is None:
+        segs = session.segments(split)
+        return segs, [""] * len(segs)
+    state = labels["state"].to_numpy().astype(str)
+    segs = session.segments(split)
+    return segs, [state[a] for a, _ in segs]
+
+
+def split_units(n_units: int, heldout_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(held-in, held-out) unit indices, sorted; held-out ones never reach the encoder (for co-smoothing)."""
+    perm = np.random.default_rng(seed).permutation(n_units)
+    n_out = int(round(heldout_fraction * n_units))
+    return np.sort(perm[n_out:]), np.sort(perm[:n_out])
+
+
+def teach(dataset_dir, out_dir, cfg: TeacherConfig | None = None, resume: bool = False) -> Path:
+    """Train and evaluate the teacher on the prepared dataset at ``dataset_dir``; returns ``out_dir``."""
+    from ..data.dataset import PreparedSession
+
+    ps = PreparedSession.load(dataset_dir)
+    return teach_session(ps, out_dir, cfg, resume=resume, dataset_dir=str(Path(dataset_dir).resolve()))
+
+
+def teach_session(session, out_dir, cfg: TeacherConfig | None = None, resume: bool = False, dataset_dir: str = "",
+                  callbacks: list[Callback] | None = None) -> Path:
+    """Train + evaluate on a session object with the PreparedSession attributes (used by tests with a toy one)."""
+    cfg = cfg or TeacherConfig()
+    if cfg.loss.regulariser not in ("sigreg", "vicreg", "none"):
+        raise InputError("loss.regulariser", f"'{cfg.loss.regulariser}' is not one of sigreg, vicreg, none")
+    if cfg.loss.target not in ("self", "ema"):
+        raise InputError("loss.target", f"'{cfg.loss.target}' is not one of self, ema")
+    out = Path(out_dir)
+    last = out / "last.ckpt"
+    if resume and not last.is_file():
+        raise InputError(last, "nothing to resume from (no last.ckpt)")
+    out.mkdir(parents=True, exist_ok=True)
+    if not resume:  # a fresh run: stale checkpoints or logs of an earlier run would mix with this one's
+        shutil.rmtree(out / "logs", ignore_errors=True)
+        for name in ("last.ckpt", "best.ckpt"):
+            (out / name).unlink(missing_ok=True)
+    torch.set_num_threads(cfg.train.threads)
+    t0 = time.perf_counter()
+    L.seed_everything(cfg.train.seed, workers=True, verbose=False)
+    counts = session.load_counts()
+    heldin, heldout = split_units(counts.shape[1], cfg.eval.heldout_fraction, cfg.train.seed)
+    x = np.ascontiguousarray(counts[:, heldin])
+    module = TeacherModule(cfg, n_units=len(heldin))
+    length = module.warm + cfg.train.window + cfg.model.horizon
+    segs, states = _segments_with_states(session, "train")
+    train_ds = Windows(x, segs, length, cfg.train.stride, states)
+    vsegs, _ = _segments_with_states(session, "val")
+    val_ds = Windows(x, vsegs, length, length)
+    if len(train_ds) == 0 or len(val_ds) == 0:
+        raise InputError(dataset_dir or "session", f"too little train/val data for windows of {length} bins")
+    if len(val_ds) > cfg.train.val_windows:  # a fixed, evenly spread subset: cheap and identical every epoch
+        keep = np.linspace(0, len(val_ds) - 1, cfg.train.val_windows).astype(int)
+        val_ds.starts = val_ds.starts[keep]
+    # a fixed shuffle: each val batch mixes states and times like a train batch (SIGReg is a batch statistic)
+    val_ds.starts = val_ds.starts[np.random.default_rng(cfg.train.seed).permutation(len(val_ds.starts))]
+    sampler = EpochSampler(train_ds.states, cfg.train.steps_per_epoch * cfg.train.batch_size, cfg.train.seed)
+    train_dl = DataLoader(train_ds, batch_size=cfg.train.batch_size, sampler=sampler, drop_last=True)
+    val_dl = DataLoader(val_ds, batch_size=cfg.train.batch_size)
+
+    # two writers: best.ckpt (lowest val loss) and last.ckpt (every epoch); ModelCheckpoint's own save_last only
+    # writes when a new best is saved, which would leave last.ckpt behind after the best epoch
+    ckpt = _GoodCheckpoint(dirpath=out, filename="best", monitor="val_loss", mode="min", enable_version_counter=False)
+    periodic = _GoodCheckpoint(dirpath=out, filename="last", every_n_epochs=1, enable_version_counter=False)
+    cbs: list[Callback] = [ckpt, periodic, EarlyStopping("val_loss", patience=cfg.train.patience, mode="min")]
+    if cfg.train.progress:
+        cbs.append(TQDMProgressBar(refresh_rate=10))
+    trainer = L.Trainer(default_root_dir=out, max_epochs=cfg.train.max_epochs, accelerator="cpu", devices=1,
+                        deterministic=True, callbacks=cbs + list(callbacks or []), gradient_clip_val=1.0,
+                        logger=[CSVLogger(out, name="logs", version="csv"), TensorBoardLogger(out, name="logs", version="tb")],
+                        log_every_n_steps=10, num_sanity_val_steps=0, enable_progress_bar=cfg.train.progress,
+                        enable_model_summary=False)
+    save_config(cfg, out / "config.yaml")
+    trainer.fit(module, train_dl, val_dl, ckpt_path=str(last) if resume else None)
+    if module.diverged_at is not None:
+        raise InputError("teacher", f"training diverged (non-finite loss or gradient at step {module.diverged_at}); "
+                                    f"the last good checkpoint is {last}; try a lower train.lr")
+    train_s = time.perf_counter() - t0
+
+    best = out / "best.ckpt"
+    state = torch.load(best if best.is_file() else last, map_location="cpu", weights_only=True)["state_dict"]
+    module.load_state_dict(state)
+    net = module.net.eval()
+    z = net.encode_long(x).numpy().astype(np.float32)
+    metrics = evaluate_teacher(net, z, session, counts, heldin, heldout, cfg)
+    metrics.update(train_seconds=round(train_s, 2), epochs=int(trainer.current_epoch),
+                   global_step=int(trainer.global_step), best_val_loss=float(ckpt.best_model_score)
+                   if ckpt.best_model_score is not None else None, regulariser=cfg.loss.regulariser,
+                   config=to_dict(cfg))
+    with atomic_path(out / "metrics.json") as tmp:
+        tmp.write_text(json.dumps({"teacher": metrics}, indent=2, default=float))
+    with atomic_path(out / "latents.npz") as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, latents=z, bin_size=float(session.bin_size), t_start=float(session.t_start),
+                     dataset_dir=str(dataset_dir), heldin_units=heldin, heldout_units=heldout,
+                     embed_dim=int(z.shape[1]))
+    log.info("teacher: done in %.1f s (train %.1f s)", time.perf_counter() - t0, train_s)
+    return out

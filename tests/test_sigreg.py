@@ -1,0 +1,80 @@
+"""SIGReg / Epps-Pulley against an independent numerical integral, and its behaviour on known distributions."""
+
+import numpy as np
+import pytest
+import torch
+from scipy.integrate import quad
+
+from neurojepa.teacher.sigreg import epps_pulley, random_directions, sigreg, sigreg_sequence, sigreg_statistic, vicreg
+
+
+def _ep_by_quad(x: np.ndarray, lo: float, hi: float) -> float:
+    """N * integral_lo^hi |ecf(t) - exp(-t^2/2)|^2 exp(-t^2/2) dt by adaptive quadrature (scipy), no symmetry trick."""
+    def integrand(t):
+        re = np.cos(t * x).mean() - np.exp(-t * t / 2)
+        im = np.sin(t * x).mean()
+        return (re * re + im * im) * np.exp(-t * t / 2)
+    return len(x) * quad(integrand, lo, hi, limit=200)[0]
+
+
+@pytest.mark.parametrize("shift,scale", [(0.0, 1.0), (0.7, 1.0), (0.0, 2.5), (-1.0, 0.3)])
+def test_epps_pulley_matches_quadrature(shift, scale):
+    x = np.random.default_rng(1).standard_normal(200) * scale + shift
+    fine = float(epps_pulley(torch.tensor(x, dtype=torch.float64), t_max=10.0, knots=2001))
+    assert fine == pytest.approx(_ep_by_quad(x, -np.inf, np.inf), rel=1e-4, abs=1e-6)
+    # the official 17-knot trapezoid on [0, 3] approximates the integral over [-3, 3] within a few percent
+    coarse = float(epps_pulley(torch.tensor(x, dtype=torch.float64)))
+    assert coarse == pytest.approx(_ep_by_quad(x, -3, 3), rel=0.05, abs=0.02)
+
+
+def test_gaussian_small_collapsed_and_low_rank_large():
+    g = torch.Generator().manual_seed(0)
+    dirs = random_directions(16, 128, step=0)
+    gauss = sigreg(torch.randn(1024, 16, generator=g), dirs)
+    collapsed = sigreg(torch.zeros(1024, 16) + 0.1, dirs)
+    low_rank = sigreg(torch.randn(1024, 2, generator=g) @ torch.randn(2, 16, generator=g) / 2 ** 0.5, dirs)
+    shrunk = sigreg(0.2 * torch.randn(1024, 16, generator=g), dirs)
+    assert gauss < 2.0  # O(1) under the null, whatever N
+    for bad in (collapsed, low_rank, shrunk):
+        assert bad > 20 * gauss
+
+
+def test_statistic_scales_with_n_only_off_the_null():
+    g = torch.Generator().manual_seed(3)
+    dirs = random_directions(8, 64, step=0)
+    off = [float(sigreg(0.5 * torch.randn(n, 8, generator=g), dirs)) for n in (256, 1024)]
+    assert off[1] / off[0] == pytest.approx(4.0, rel=0.25)
+
+
+def test_gradients_finite_even_at_collapse():
+    for z in (torch.zeros(4, 10, 8), torch.randn(4, 10, 8), 1e4 * torch.randn(4, 10, 8)):
+        z = z.clone().requires_grad_(True)
+        (sigreg_sequence(z, step=5) + vicreg(z)).backward()
+        assert torch.isfinite(z.grad).all()
+
+
+def test_directions_are_unit_and_a_function_of_the_step():
+    a, b, c = random_directions(8, 16, 3), random_directions(8, 16, 3), random_directions(8, 16, 4)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert torch.allclose(a.norm(dim=0), torch.ones(16))
+
+
+def test_sigreg_sequence_catches_temporal_collapse():
+    """A latent Gaussian across windows but frozen in time passes the across-batch test and fails across time."""
+    g = torch.Generator().manual_seed(0)
+    frozen = torch.randn(64, 1, 8, generator=g).expand(64, 32, 8)
+    moving = torch.randn(64, 32, 8, generator=g)
+    assert sigreg_sequence(frozen, 0, time_weight=0.0) < 3 * sigreg_sequence(moving, 0, time_weight=0.0)
+    assert sigreg_sequence(frozen, 0) > 5 * sigreg_sequence(moving, 0)
+
+
+def test_vicreg_zero_for_whitened_large_for_collapsed():
+    z = torch.randn(256, 4, 8, generator=torch.Generator().manual_seed(0)) * 1.5
+    assert vicreg(z) < 0.2
+    assert vicreg(torch.zeros(256, 4, 8)) == pytest.approx(25.0 * (1 - 1e-2), rel=1e-3)  # std = sqrt(eps)
+
+
+def test_heldout_statistic_ranks_collapse():
+    rng = np.random.default_rng(0)
+    assert sigreg_statistic(rng.standard_normal((4000, 16))) < 2.0
+    assert sigreg_statistic(rng.standard_normal((4000, 1)) @ np.ones((1, 16))) > 50.0

@@ -1,0 +1,189 @@
+"""The spiking student: fused network == snntorch reference, Dale invariant under training, homeostasis and
+spiking statistics against known answers, and distillation end to end on a tiny synthetic session."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from neurojepa.errors import InputError
+from neurojepa.metrics import spiking
+from neurojepa.student.config import StudentConfig
+from neurojepa.student.dale import dale_violations, neuron_signs
+from neurojepa.student.homeostasis import band_penalty, rates_hz
+from neurojepa.student.network import StudentNet
+from neurojepa.student.synthetic import synthetic_session
+
+SMALL = dict(n_exc=24, n_inh=6, window=8, burn_in=2, batch_size=4, eval_chunk=40, eval_spike_chunks=4, val_every=5)
+
+
+def _net(seed=0, **kw):
+    torch.manual_seed(seed)
+    cfg = StudentConfig(**{**SMALL, **kw})
+    counts, lat, _ = synthetic_session(n_units=20, n_bins=200, d=3, seed=seed)
+    net = StudentNet(20, 3, cfg)
+    x = torch.tensor(counts[:120].reshape(4, 30, 20).astype(np.float32))
+    net.calibrate_bias(x)
+    return net, x, torch.tensor(lat[:120].reshape(4, 30, 3))
+
+
+def test_fast_network_equals_snntorch_reference():
+    net, x, _ = _net()
+    grads, spikes = [], []
+    for fwd in (net.forward, net.forward_reference):
+        torch.manual_seed(1)  # same background noise
+        out = fwd(x)
+        (out["readout"].pow(2).mean() + out["spikes"].mean()).backward()
+        spikes.append(out["spikes"].detach())
+        grads.append({n: p.grad.clone() for n, p in net.named_parameters()})
+        net.zero_grad()
+    assert spikes[0].sum() > 50  # the comparison is not between two silent networks
+    assert torch.equal(spikes[0], spikes[1])
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-6)
+
+
+def _min_isi(net, x, drive):
+    with torch.no_grad():
+        net.inp.bias.fill_(drive)  # strong constant drive
+    s = net.simulate(x)["spikes"].numpy()
+    t, b, u = np.nonzero(s)
+    order = np.lexsort((t, u, b))
+    t, b, u = t[order], b[order], u[order]
+    same = (b[1:] == b[:-1]) & (u[1:] == u[:-1])
+    assert same.sum() > 100
+    return np.diff(t)[same].min()
+
+
+def test_refractory_gate_bounds_interspike_interval():
+    net, x, _ = _net(noise_std=0.0)
+    assert net.n_ref == 2
+    assert _min_isi(net, x, 0.8) == net.n_ref + 1  # gated for n_ref steps, then it can fire again at once
+    free, x, _ = _net(noise_std=0.0, refractory=0.0)
+    assert _min_isi(free, x, 0.8) == 1
+
+
+def test_dale_holds_after_training_steps_and_init_is_balanced():
+    net, x, lat = _net()
+    sign = neuron_signs(net.n_exc, net.n_inh)
+    w = net.rec.weight.detach()
+    rho = torch.linalg.eigvals(w.double() / (1 - net.beta[0].double())).abs().max().item()
+    assert rho == pytest.approx(net.cfg.spectral_radius, rel=1e-4)
+    # balanced: every neuron's expected E input equals its expected I input
+    assert w[:, : net.n_exc].sum().item() == pytest.approx(-w[:, net.n_exc:].sum().item(), rel=0.2)
+    opt = torch.optim.SGD(net.parameters(), lr=50.0)  # huge steps: a penalty would be overrun, a parametrisation not
+    for _ in range(3):
+        out = net(x)
+        (-(out["readout"] * lat).sum() + out["spikes"].sum()).backward()
+        opt.step()
+        opt.zero_grad()
+    assert dale_violations(net.rec.weight, sign) == 0
+    assert (net.inp.weight >= 0).all() and (net.readout.weight >= 0).all()
+    assert (net.rec.weight[:, net.n_exc:] <= 0).all() and (net.rec.weight[:, : net.n_exc] >= 0).all()
+    assert net.readout.weight.shape[1] == net.n_exc  # the readout sees E neurons only
+
+
+def test_unconstrained_network_can_break_dale():
+    net, x, lat = _net(dale=False)
+    opt = torch.optim.SGD(net.parameters(), lr=50.0)
+    out = net(x)
+    (-(out["readout"] * lat).sum() + out["spikes"].sum()).backward()
+    opt.step()
+    assert dale_violations(net.rec.weight, neuron_signs(net.n_exc, net.n_inh)) > 0
+
+
+def test_band_penalty_known_values():
+    r = torch.tensor([0.0, 5.0, 10.0, 20.0, 30.0])
+    assert band_penalty(r).item() == pytest.approx((25 + 0 + 0 + 0 + 100) / 5)
+    s = torch.zeros(1000, 2, 3)
+    s[::100, :, 0] = 1  # one spike per 100 ms
+    assert rates_hz(s, 0.001).tolist() == pytest.approx([10.0, 0.0, 0.0])
+
+
+def test_spiking_statistics_known_answers():
+    rng = np.random.default_rng(0)
+    poisson = (rng.random((4, 20000, 5)) < 0.01).astype(np.uint8)  # 10 Hz at 1 ms
+    np.testing.assert_allclose(spiking.rate_hz(poisson, 0.001), 10.0, rtol=0.12)  # 800 +- 28 spikes
+    np.testing.assert_allclose(spiking.cv_isi(poisson), 1.0, atol=0.1)  # geometric ISIs: CV = sqrt(1 - p)
+    np.testing.assert_allclose(spiking.fano_factor(poisson, 100), 1.0, atol=0.1)
+    clock = np.zeros((1, 1000, 2), np.uint8)
+    clock[0, ::50, 0] = 1
+    assert spiking.cv_isi(clock)[0] == pytest.approx(0.0)
+    assert np.isnan(spiking.cv_isi(clock)[1])
+    assert spiking.silent_saturated(np.array([0.0, 10.0, 300.0])) == (1, 1)
+    e = rng.normal(size=(500, 3))
+    np.testing.assert_allclose(spiking.ei_current_correlation(e, -(2 * e + 20)), 1.0)  # inhibition tracks excitation
+
+
+class _FakePrepared:
+    """The slice of PreparedSession the student reads."""
+
+    def __init__(self, counts, split):
+        self._counts, self.split, self.bin_size, self.labels = counts, split, 0.01, None
+        self.n_bins = len(counts)
+
+    def load_counts(self):
+        return self._counts
+
+    def segments(self, split, states=None):
+        from neurojepa.student.train import segments_of_split
+
+        return segments_of_split(self.split, split)
+
+
+def test_distill_end_to_end(tmp_path, monkeypatch):
+    from neurojepa.data import dataset
+    from neurojepa.student.train import distill, load_student
+
+    counts, lat, split = synthetic_session(n_units=30, n_bins=3000, d=3, seed=0, block=300, base_rate_hz=20, tuning=0.6)
+    monkeypatch.setattr(dataset.PreparedSession, "load", classmethod(lambda cls, p: _FakePrepared(counts, split)))
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    np.savez(teacher / "latents.npz", latents=lat, bin_size=0.01, t_start=0.0, dataset_dir="x")
+    cfg = StudentConfig(**{**SMALL, "max_steps": 20, "window": 16, "batch_size": 8, "lr": 1e-2})
+    out = distill("ds", teacher, tmp_path / "student", cfg)
+    m = json.loads((out / "metrics.json").read_text())["student"]
+    for key in ("cca_heldout", "cca_heldout_mean", "cca_null_mean", "rate_hz_median", "rate_hz_median_exc",
+                "rate_hz_median_inh", "frac_in_band", "cv_isi_median", "fano_median", "n_silent", "n_saturated",
+                "dale_violations", "n_exc", "n_inh", "ei_current_corr_median"):
+        assert key in m, key
+    assert m["dale_violations"] == 0 and m["n_exc"] == 24
+    assert m["cca_heldout_mean"] > 0.4 > abs(m["cca_null_mean"])  # learns something real in 20 steps
+    with np.load(out / "report_data.npz") as rd:  # what the report draws: consistent with the metrics
+        n = m["n_exc"] + m["n_inh"]
+        assert rd["w_rec"].shape == (n, n) and rd["is_exc"].sum() == m["n_exc"] and len(rd["rates_hz"]) == n
+        assert rd["raster_exc"].dtype == bool and rd["raster_exc"].shape[0] == len(rd["raster_t"])
+        assert np.isclose(np.median(rd["rates_hz"]), m["rate_hz_median"])
+        w = rd["w_rec"]
+        assert (w[:, : m["n_exc"]] >= 0).all() and (w[:, m["n_exc"]:] <= 0).all()  # Dale, as drawn
+    net = load_student(out)
+    assert torch.equal(net.rec.weight, torch.load(out / "student.pt", weights_only=True)["state_dict"][
+        "rec.parametrizations.weight.original"].abs() * net.sign)
+    # resume continues from last.ckpt; a mismatched teacher is one clear error
+    cfg2 = StudentConfig(**{**SMALL, "max_steps": 22, "window": 16, "batch_size": 8})
+    distill("ds", teacher, out, cfg2, resume=True)
+    assert json.loads((out / "metrics.json").read_text())["student"]["global_step"] == 22  # continued, not restarted
+    np.savez(teacher / "latents.npz", latents=lat[:-5], bin_size=0.01)
+    with pytest.raises(InputError, match="do not match"):
+        distill("ds", teacher, tmp_path / "s2", cfg)
+
+
+def test_cross_state_scoring_uses_the_right_blocks():
+    import pandas as pd
+
+    from neurojepa.student.evaluate import evaluate_student
+
+    counts, lat, split = synthetic_session(n_units=20, n_bins=2000, d=3, seed=0, block=100)
+    state = np.where(np.arange(2000) < 1000, "active", "passive")
+    net, _, _ = _net()
+    cfg = net.cfg
+    m, z = evaluate_student(net, counts, lat, split, cfg, pd.DataFrame({"state": state}), decode=False,
+                            train_states=["active"], test_states=["passive"])
+    after = np.arange(2000) >= cfg.burn_in
+    assert m["n_train_bins"] == int(((split == "train") & (state == "active") & after).sum())
+    assert m["n_test_bins"] == int(((split == "test") & (state == "passive")).sum())
+    assert "cca_heldout_mean_within" in m and z.shape == (2000, 3)
+    with pytest.raises(InputError, match="too few"):
+        evaluate_student(net, counts, lat, split, cfg, pd.DataFrame({"state": state}), decode=False,
+                         test_states=["sleep"])

@@ -1,0 +1,110 @@
+"""The teacher: causality, chunked encoding, the three regularisers end to end, resume, NaN guard, science check.
+
+Runs on :class:`ToySession` (in memory, ~1 s to build) with a few dozen steps, so the whole file stays fast.
+"""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from neurojepa.errors import InputError
+from neurojepa.teacher.config import TeacherConfig
+from neurojepa.teacher.model import TeacherNet
+from neurojepa.teacher.toy import ToySession
+from neurojepa.teacher.train import teach_session
+
+torch.set_num_threads(1)
+
+
+def small_cfg(**kw) -> TeacherConfig:
+    cfg = TeacherConfig()
+    cfg.model.width, cfg.model.embed_dim, cfg.model.horizon = 16, 8, 4
+    cfg.train.window, cfg.train.batch_size, cfg.train.steps_per_epoch, cfg.train.max_epochs = 16, 16, 4, 3
+    cfg.train.progress, cfg.eval.baselines, cfg.train.val_windows = False, False, 16
+    for k, v in kw.items():
+        section, key = k.split("__")
+        setattr(getattr(cfg, section), key, v)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return ToySession(n_bins=1500, n_units=30, d=3, seed=0)
+
+
+def test_encoder_is_causal_and_chunking_is_exact():
+    net = TeacherNet({"s": 12}, width=16, embed_dim=4, dilations=(1, 2, 4))
+    x = torch.poisson(torch.full((1, 200, 12), 0.5))
+    z = net.embed(x, "s")
+    y = x.clone()
+    y[:, 120:] = torch.poisson(torch.full((1, 80, 12), 3.0))  # change only the future of bin 119
+    assert torch.allclose(net.embed(y, "s")[:, :120], z[:, :120], atol=1e-6)
+    assert not torch.allclose(net.embed(y, "s")[:, 120:], z[:, 120:])
+    assert torch.allclose(net.encode_long(x[0], "s", chunk=37), z[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("reg", ["sigreg", "vicreg", "none"])
+def test_regularisers_end_to_end(toy, tmp_path, reg):
+    out = teach_session(toy, tmp_path, small_cfg(loss__regulariser=reg))
+    m = json.loads((out / "metrics.json").read_text())["teacher"]
+    assert m["regulariser"] == reg and m["embed_dim"] == 8 and len(m["per_dim_std"]) == 8
+    for key in ("rankme", "sigreg_heldout", "forecast_r2", "gt_r2", "gt_r2_cross_state", "cobps", "decoding"):
+        assert key in m
+    lat = np.load(out / "latents.npz")
+    assert lat["latents"].shape == (toy.n_bins, 8) and lat["latents"].dtype == np.float32
+    assert float(lat["bin_size"]) == toy.bin_size
+    assert (out / "best.ckpt").is_file() and (out / "last.ckpt").is_file() and (out / "config.yaml").is_file()
+    last = torch.load(out / "last.ckpt", weights_only=True)
+    assert last["global_step"] == m["global_step"]  # last.ckpt follows every epoch, not only new bests
+    assert any(k.startswith("net.readin") for k in last["state_dict"])
+
+
+class _Crash(Callback):
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == 2:
+            raise RuntimeError("simulated crash")
+
+
+def test_resume_gives_same_metrics(toy, tmp_path):
+    cfg = small_cfg()
+    full = json.loads((teach_session(toy, tmp_path / "a", cfg) / "metrics.json").read_text())["teacher"]
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        teach_session(toy, tmp_path / "b", cfg, callbacks=[_Crash()])
+    assert (tmp_path / "b" / "last.ckpt").is_file() and not (tmp_path / "b" / "metrics.json").exists()
+    resumed = json.loads((teach_session(toy, tmp_path / "b", cfg, resume=True) / "metrics.json").read_text())["teacher"]
+    for key in ("gt_r2", "rankme", "cobps", "forecast_r2", "best_val_loss", "global_step"):
+        assert resumed[key] == pytest.approx(full[key], rel=1e-6, abs=1e-9), key
+
+
+def test_nan_guard_keeps_last_good_checkpoint(toy, tmp_path):
+    class _Poison(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == 6:  # epoch 1 (4 steps/epoch): epoch 0's checkpoint exists
+                batch[0, 0, 0] = float("nan")
+
+    with pytest.raises(InputError, match="diverged"):
+        teach_session(toy, tmp_path, small_cfg(), callbacks=[_Poison()])
+    state = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    assert state["global_step"] == 4
+    assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())
+
+
+def test_bad_regulariser_and_missing_resume_are_input_errors(toy, tmp_path):
+    with pytest.raises(InputError, match="regulariser"):
+        teach_session(toy, tmp_path, small_cfg(loss__regulariser="barlow"))
+    with pytest.raises(InputError, match="nothing to resume"):
+        teach_session(toy, tmp_path / "new", small_cfg(), resume=True)
+
+
+@pytest.mark.science
+@pytest.mark.xfail(strict=True, reason="known gap: teacher gt_r2 is below PCA (0.27 vs 0.82 here); docs/teacher.md")
+def test_teacher_recovers_ground_truth_at_least_as_well_as_pca(tmp_path):
+    """Science check (reduced): on a small toy session the teacher's latents map onto the true latents (ridge,
+    train blocks -> test blocks) at least as well as PCA of smoothed counts with the same number of dims."""
+    toy = ToySession(n_bins=6000, n_units=60, d=4, seed=1)
+    cfg = small_cfg(train__steps_per_epoch=25, train__max_epochs=4, eval__baselines=True)
+    m = json.loads((teach_session(toy, tmp_path, cfg) / "metrics.json").read_text())["teacher"]
+    assert m["gt_r2"] >= m["baselines"]["pca"]["gt_r2"] - 0.02, (m["gt_r2"], m["baselines"]["pca"]["gt_r2"])
