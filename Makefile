@@ -17,8 +17,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: venv
-	$(VENV)/bin/neurojepa simulate --out runs/demo/session.nwb
-	$(VENV)/bin/neurojepa inspect runs/demo/session.nwb
+	$(VENV)/bin/neurojepa run --out runs/demo
 
 test: venv
 	$(PY) -m pytest -q

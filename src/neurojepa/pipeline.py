@@ -164,17 +164,22 @@ class Pipeline:
         prepare(self.nwb_path, self.dirs["prepare"], self.cfg.prepare, states_from=self.cfg.states_from)
 
     def _state_overrides(self) -> dict:
+        """The cross-state experiment's keywords for teach/distill (none when training and scoring on all states)."""
+        if not (self.cfg.train_states or self.cfg.test_states):
+            return {}
         return {"train_states": list(self.cfg.train_states), "test_states": list(self.cfg.test_states)}
 
     def _teach(self, resume: bool) -> None:
         from .teacher.train import teach
 
+        resume = resume and (self.dirs["teacher"] / "last.ckpt").is_file()  # interrupted before a checkpoint: restart
         teach(self.dirs["prepare"], self.dirs["teacher"], self.cfg.teacher, resume=resume,
               **self._state_overrides())
 
     def _distill(self, resume: bool) -> None:
         from .student.train import distill
 
+        resume = resume and (self.dirs["student"] / "last.ckpt").is_file()
         distill(self.dirs["prepare"], self.dirs["teacher"], self.dirs["student"], self.cfg.student, resume=resume,
                 unconstrained=self.cfg.unconstrained_ablation, **self._state_overrides())
 

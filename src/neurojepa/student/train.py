@@ -189,7 +189,8 @@ def distill(dataset_dir: str | Path, teacher_dir: str | Path, out_dir: str | Pat
         ucfg = StudentConfig(**{**to_dict(cfg), "dale": False})
         udir = out / "unconstrained"
         save_config(ucfg, udir / "config.yaml")
-        unet = fit_student(counts, latents, split, ucfg, udir, ps.bin_size, homeostasis=False, resume=resume, **segs)
+        unet = fit_student(counts, latents, split, ucfg, udir, ps.bin_size, homeostasis=False,
+                           resume=resume and (udir / "last.ckpt").is_file(), **segs)
         save_student(unet, udir / "student.pt")
         um, _ = evaluate_student(unet, counts, latents, split, ucfg, labels, decode=False, **scoring)
         um.pop("_report", None)

@@ -44,7 +44,11 @@ def baseline_latents(counts: np.ndarray, train: np.ndarray, bin_size: float, dim
     out = {"raw": smooth}
     out["pca"] = PCA(dims, random_state=seed).fit(sq[rows]).transform(sq).astype(np.float32)
     if with_fa:
-        fa = FactorAnalysis(dims, random_state=seed).fit(sq[_fit_rows(train, 20_000)])
+        # lapack SVD and a capped fit set: randomized SVD inside FA's EM loop took minutes on 2 cores; FA never has
+        # more factors than half the units (it is not identifiable beyond that and EM crawls)
+        fa_dims = max(1, min(dims, counts.shape[1] // 2))
+        fa = FactorAnalysis(fa_dims, svd_method="lapack", max_iter=200, random_state=seed)
+        fa.fit(sq[_fit_rows(train, 10_000)])
         out["fa"] = fa.transform(sq).astype(np.float32)
     if with_cebra:
         emb = cebra_latents(counts, train, bin_size, dims, smooth_ms, seed)

@@ -14,6 +14,8 @@ class ModelConfig:
     dilations: list[int] = field(default_factory=lambda: [1, 2, 4, 8])  # receptive field 16 + 2*15 = 46 bins
     horizon: int = 10                  # K: the predictor forecasts z_{t+1..t+K}
     predictor_hidden: int = 128
+    views: str = "masked"              # masked (a random half of the units per window) | halves (fixed halves)
+    linear_skip: bool = True           # z = TCN head + a linear map of the smoothed read-in
     input_transform: str = "sqrt"      # sqrt | log1p of counts before the read-in (sqrt: variance-stabilising)
 
 
@@ -26,7 +28,7 @@ class LossConfig:
     time_weight: float = 0.0           # weight of SIGReg across time inside windows (0.25 pushed latents to noise)
     target: str = "self"               # self (LeJEPA: same encoder, no stop-grad) | ema (ablation)
     ema_decay: float = 0.99
-    count_weight: float = 1.0          # mu: + mu * Poisson NLL of the other view's counts from z_t (0 = pure LeJEPA)
+    count_weight: float = 1000.0       # mu: + mu * Poisson NLL of the other view's counts from z_t (0 = pure LeJEPA)
 
 
 @dataclass

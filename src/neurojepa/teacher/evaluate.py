@@ -50,8 +50,12 @@ def _compare_states(state: np.ndarray) -> list[str]:
 
 
 def decoding_report(z: np.ndarray, labels, split: np.ndarray, bin_size: float, window_ms: float = 250.0,
-                    seed: int = 0) -> dict:
+                    seed: int = 0, train_states: list[str] | None = None, test_states: list[str] | None = None
+                    ) -> dict:
     """Within-state (train blocks -> test blocks) and cross-state (one state's train -> other's test) decoding.
+
+    With ``train_states``: "within" only for those states, "cross" only from them to ``test_states`` (default:
+    every state compared).
 
     z: (n_bins, D). Returns {"within": {state: {task: decode()}}, "cross": {"A->B": {task: decode()}}}; only the
     metrics (balanced_accuracy, accuracy, chance, n_train, n_test) are kept.
@@ -63,14 +67,16 @@ def decoding_report(z: np.ndarray, labels, split: np.ndarray, bin_size: float, w
     fstate = labels["state"].to_numpy()[onsets].astype(str)
     fsplit = np.asarray(split)[onsets]
     states = _compare_states(fstate)
+    sources = list(train_states) if train_states else states
+    targets = list(test_states) if test_states else states
     out: dict = {"within": {}, "cross": {}}
     for task, (rows, y) in _decoding_tasks(labels, onsets, bin_size).items():
         st, sp, x = fstate[rows], fsplit[rows], feats[rows]
-        for a in states:
+        for a in sources:
             res = decode(x, y, (st == a) & (sp == "train"), (st == a) & (sp == "test"), seed=seed)
             if res["n_classes"] >= 2:
                 out["within"].setdefault(a, {})[task] = res
-            for b in states:
+            for b in targets:
                 if a != b and task in ("image", "is_change"):
                     res = decode(x, y, (st == a) & (sp == "train"), (st == b) & (sp == "test"), seed=seed)
                     out["cross"].setdefault(f"{a}->{b}", {})[task] = res
@@ -80,9 +86,16 @@ def decoding_report(z: np.ndarray, labels, split: np.ndarray, bin_size: float, w
 def score_latents(z: np.ndarray, ctx: dict, *, collapse: bool = True) -> dict:
     """All array metrics of per-bin latents z: (n_bins, D) on the session context ``ctx`` (see
     :func:`session_context`): rankme, embed_dim, per-dimension std, sigreg on held-out, gt_r2 (+ per-dim),
-    gt_r2_cross_state, cobps, decoding."""
+    gt_r2_cross_state, cobps, decoding.
+
+    With ``ctx["train_states"]`` non-empty, every read-out is fit on the train blocks of those states; gt_r2,
+    cobps, collapse metrics and "within" decoding are scored on their test blocks, gt_r2_cross_state and "cross"
+    decoding on the test blocks of ``ctx["test_states"]`` (empty: all states)."""
     t0 = time.perf_counter()
     split, test, train = ctx["split"], ctx["split"] == "test", ctx["split"] == "train"
+    tr_states, te_states = ctx.get("train_states") or [], ctx.get("test_states") or []
+    if tr_states:  # "within" = train and test blocks of the training states only
+        train, test = train & np.isin(ctx["state"], tr_states), test & np.isin(ctx["state"], tr_states)
     out: dict = {}
     if collapse:
         zt = z[test]
@@ -91,24 +104,34 @@ def score_latents(z: np.ndarray, ctx: dict, *, collapse: bool = True) -> dict:
     if ctx.get("gt") is not None:
         r2, dims = ridge_r2(z, ctx["gt"], train, test, per_dim=True)
         out.update(gt_r2=r2, gt_r2_per_dim=dims.tolist())
-        cross = cross_state_r2(z, ctx["gt"], ctx["state"], split, ctx["compare_states"])
+        if tr_states:  # fit on the training states' train blocks, scored on the test states' test blocks
+            cross_te = (split == "test") & (np.isin(ctx["state"], te_states) if te_states else True)
+            cross = {"mean": ridge_r2(z, ctx["gt"], train, cross_te)} if cross_te.sum() > 1 else {}
+            if cross:
+                cross["+".join(tr_states) + "->" + ("+".join(te_states) or "all")] = cross["mean"]
+        else:
+            cross = cross_state_r2(z, ctx["gt"], ctx["state"], split, ctx["compare_states"])
         if cross:
             out.update(gt_r2_cross_state=cross["mean"], gt_r2_cross_state_pairs=cross)
     if ctx.get("heldout_counts") is not None and ctx["heldout_counts"].shape[1] > 0:
         out["cobps"] = cobps_score(z, ctx["heldout_counts"], train, test)
     if ctx.get("labels") is not None:
-        out["decoding"] = decoding_report(z, ctx["labels"], split, ctx["bin_size"], ctx.get("flash_window_ms", 250.0))
+        out["decoding"] = decoding_report(z, ctx["labels"], split, ctx["bin_size"], ctx.get("flash_window_ms", 250.0),
+                                          train_states=tr_states, test_states=te_states)
     out["eval_seconds"] = round(time.perf_counter() - t0, 2)
     return out
 
 
-def session_context(session, counts: np.ndarray, heldout: np.ndarray, flash_window_ms: float = 250.0) -> dict:
-    """The arrays every scorer needs, pulled once from a prepared session (or anything with its attributes)."""
+def session_context(session, counts: np.ndarray, heldout: np.ndarray, flash_window_ms: float = 250.0,
+                    train_states: list[str] | None = None, test_states: list[str] | None = None) -> dict:
+    """The arrays every scorer needs, pulled once from a prepared session (or anything with its attributes).
+    train_states / test_states: see :func:`score_latents` (empty or None: all states)."""
     labels = getattr(session, "labels", None)
     state = labels["state"].to_numpy().astype(str) if labels is not None else np.full(session.n_bins, "all")
     return dict(split=np.asarray(session.split).astype(str), state=state, compare_states=_compare_states(state),
                 gt=getattr(session, "gt_latents", None), labels=labels, bin_size=float(session.bin_size),
-                heldout_counts=counts[:, heldout], flash_window_ms=flash_window_ms)
+                heldout_counts=counts[:, heldout], flash_window_ms=flash_window_ms,
+                train_states=list(train_states or []), test_states=list(test_states or []))
 
 
 def forecast_score(net, z: np.ndarray, session) -> float:
@@ -124,14 +147,15 @@ def forecast_score(net, z: np.ndarray, session) -> float:
 
 
 def evaluate_teacher(net, z: np.ndarray, session, counts: np.ndarray, heldin: np.ndarray, heldout: np.ndarray,
-                     cfg) -> dict:
+                     cfg, train_states: list[str] | None = None, test_states: list[str] | None = None) -> dict:
     """The ``"teacher"`` metrics section: teacher scores at top level, baselines under ``"baselines"``."""
-    ctx = session_context(session, counts, heldout, cfg.eval.flash_window_ms)
+    ctx = session_context(session, counts, heldout, cfg.eval.flash_window_ms, train_states, test_states)
     out = score_latents(z, ctx)
     out["forecast_r2"] = forecast_score(net, z, session)
     out["n_heldin_units"], out["n_heldout_units"] = int(len(heldin)), int(len(heldout))
     if cfg.eval.baselines:
-        base = baseline_latents(counts[:, heldin], ctx["split"] == "train", ctx["bin_size"], z.shape[1],
+        fit = (ctx["split"] == "train") & (np.isin(ctx["state"], train_states) if train_states else True)
+        base = baseline_latents(counts[:, heldin], fit, ctx["bin_size"], z.shape[1],
                                 cfg.eval.smooth_ms, cfg.train.seed)
         out["baselines"] = {}
         for name, feats in base.items():

@@ -85,11 +85,14 @@ class TeacherNet(nn.Module):
 
     def __init__(self, sessions: dict[str, int], width: int = 64, embed_dim: int = 32, kernel: int = 3,
                  dilations=(1, 2, 4, 8), horizon: int = 10, predictor_hidden: int = 128, seed: int = 0,
-                 smooth_bins: int = 16, input_transform: str = "sqrt"):
+                 smooth_bins: int = 16, input_transform: str = "sqrt", linear_skip: bool = True, view_mode: str = "halves"):
         super().__init__()
         if input_transform not in _TRANSFORMS:
             raise ValueError(f"input_transform must be one of {sorted(_TRANSFORMS)}, not {input_transform!r}")
         self.transform = _TRANSFORMS[input_transform]
+        if view_mode not in ("halves", "masked"):
+            raise ValueError(f"view_mode must be halves or masked, not {view_mode!r}")
+        self.view_mode = view_mode
         # a fixed random half of each session's units: view A = those units, view B = the others (see embed)
         g = torch.Generator().manual_seed(seed)
         for k, n in sessions.items():
@@ -101,32 +104,53 @@ class TeacherNet(nn.Module):
         self.smoother = CausalSmoother(width, smooth_bins)
         self.blocks = nn.ModuleList([ResidualBlock(width, kernel, d) for d in dilations])
         self.head = nn.Linear(width, embed_dim)
+        # linear path from the smoothed read-in straight to z (see encode)
+        self.skip = nn.Linear(width, embed_dim, bias=False) if linear_skip else None
         self.horizon, self.embed_dim = horizon, embed_dim
         self.receptive_field = smooth_bins + (kernel - 1) * sum(dilations)
         self.predictor = nn.Sequential(nn.Linear(embed_dim, predictor_hidden), nn.GELU(),
                                        nn.Linear(predictor_hidden, predictor_hidden), nn.GELU(),
                                        nn.Linear(predictor_hidden, (horizon + 1) * embed_dim))
 
-    def encode(self, counts: torch.Tensor, session: str = "session") -> torch.Tensor:
-        """counts: (B, T, U) spikes per bin (float) -> z: (B, T, D), z[:, t] a function of counts[:, :t+1]."""
-        h = self.smoother(self.readin[session](self.transform(counts)).transpose(1, 2))  # (B, width, T)
+    def encode(self, counts: torch.Tensor, session: str = "session", scale: torch.Tensor | None = None) -> torch.Tensor:
+        """counts: (B, T, U) spikes per bin (float) -> z: (B, T, D), z[:, t] a function of counts[:, :t+1].
+
+        scale: optional per-unit factors applied after the input transform, broadcastable to (B, T, U) (the
+        views' masks and augmentations: 0 hides a unit)."""
+        u = self.transform(counts)
+        if scale is not None:
+            u = u * scale
+        h0 = self.smoother(self.readin[session](u).transpose(1, 2))  # (B, width, T)
+        h = h0
         for block in self.blocks:
             h = block(h)
         h = nn.functional.layer_norm(h.transpose(1, 2), (h.shape[1],))
-        return self.head(h)
+        if self.skip is None:
+            return self.head(h)
+        # the per-time-step LayerNorms discard the population's overall level and scale, which carry latent
+        # signal; the linear path (a learnt, causally smoothed projection of the counts, like PCA/FA) keeps it
+        return self.head(h) + self.skip(h0.transpose(1, 2))
 
-    def views(self, counts: torch.Tensor, session: str = "session") -> tuple[torch.Tensor, torch.Tensor]:
-        """The two half-population views of counts (B, T, U): each keeps its fixed half of the units, scaled by
-        2 so that its summed drive matches the full population's."""
+    def view_masks(self, batch: int, session: str = "session", generator: torch.Generator | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two views' unit masks, each (batch, 1, U) of 0/1, complementary: ``halves``: the fixed random
+        halves; ``masked``: a fresh random half per window (drawn from ``generator``)."""
         half = getattr(self, f"half_{session}")
-        return counts * (2 * half), counts * (2 * (1 - half))
+        if self.view_mode == "halves":
+            a = half.expand(batch, 1, -1)
+        else:
+            a = (torch.rand(batch, 1, half.shape[0], generator=generator) < 0.5).to(half)
+        return a, 1 - a
 
     def embed(self, counts: torch.Tensor, session: str = "session") -> torch.Tensor:
-        """The teacher latent: the mean of the two half-population encodings, (B, T, U) -> (B, T, D). Training
-        makes each half's latent predict the other's future, so they agree on the shared population signal and
-        averaging them halves what is left of each half's own noise."""
-        a, b = self.views(counts, session)
-        return 0.5 * (self.encode(a, session) + self.encode(b, session))
+        """The teacher latent, (B, T, U) -> (B, T, D). ``halves``: the mean of the two half-population encodings
+        (training makes each predict the other, so they agree on the shared signal and averaging halves what
+        is left of each half's own noise). ``masked``: the encoding of the whole population (views are random
+        halves scaled by 2, so the full input has the same expected drive)."""
+        if self.view_mode == "masked":
+            return self.encode(counts, session)
+        a, b = self.view_masks(counts.shape[0], session)
+        return 0.5 * (self.encode(counts, session, 2 * a) + self.encode(counts, session, 2 * b))
 
     def log_rates(self, z: torch.Tensor, session: str = "session") -> torch.Tensor:
         """z: (B, T, D) -> (B, T, U) log expected spike counts per bin of every unit of the session."""

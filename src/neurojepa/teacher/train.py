@@ -106,18 +106,42 @@ def split_units(n_units: int, heldout_fraction: float, seed: int) -> tuple[np.nd
     return np.sort(perm[n_out:]), np.sort(perm[:n_out])
 
 
-def teach(dataset_dir, out_dir, cfg: TeacherConfig | None = None, resume: bool = False) -> Path:
-    """Train and evaluate the teacher on the prepared dataset at ``dataset_dir``; returns ``out_dir``."""
+def teach(dataset_dir, out_dir, cfg: TeacherConfig | None = None, resume: bool = False,
+          train_states: list[str] | None = None, test_states: list[str] | None = None) -> Path:
+    """Train and evaluate the teacher on the prepared dataset at ``dataset_dir``; returns ``out_dir``.
+
+    train_states: train (and validate) on blocks of these states only; test_states: the states the cross-state
+    metrics are scored on (None or empty: all states; see :func:`teach_session`)."""
     from ..data.dataset import PreparedSession
 
     ps = PreparedSession.load(dataset_dir)
-    return teach_session(ps, out_dir, cfg, resume=resume, dataset_dir=str(Path(dataset_dir).resolve()))
+    return teach_session(ps, out_dir, cfg, resume=resume, dataset_dir=str(Path(dataset_dir).resolve()),
+                         train_states=train_states, test_states=test_states)
+
+
+def _keep_states(segs: list, states: list[str], keep: list[str]) -> tuple[list, list[str]]:
+    """The segments (and their states) whose state is in ``keep`` (all when keep is empty)."""
+    if not keep:
+        return segs, states
+    pairs = [(g, s) for g, s in zip(segs, states) if s in keep]
+    return [g for g, _ in pairs], [s for _, s in pairs]
 
 
 def teach_session(session, out_dir, cfg: TeacherConfig | None = None, resume: bool = False, dataset_dir: str = "",
-                  callbacks: list[Callback] | None = None) -> Path:
-    """Train + evaluate on a session object with the PreparedSession attributes (used by tests with a toy one)."""
+                  callbacks: list[Callback] | None = None, train_states: list[str] | None = None,
+                  test_states: list[str] | None = None) -> Path:
+    """Train + evaluate on a session object with the PreparedSession attributes (used by tests with a toy one).
+
+    train_states: training and validation windows come only from blocks of these states, and the "within"
+    metrics are scored on their test blocks; test_states: the cross-state metrics (gt_r2_cross_state, "cross"
+    decoding) are scored on the test blocks of these states. None or [] means all states."""
     cfg = cfg or TeacherConfig()
+    train_states, test_states = list(train_states or []), list(test_states or [])
+    labels = getattr(session, "labels", None)
+    known = set(labels["state"].astype(str)) if labels is not None else set()
+    for name, given in (("train_states", train_states), ("test_states", test_states)):
+        if set(given) - known:
+            raise InputError(name, f"unknown state(s) {sorted(set(given) - known)}; the session has {sorted(known)}")
     if cfg.loss.regulariser not in ("sigreg", "vicreg", "none"):
         raise InputError("loss.regulariser", f"'{cfg.loss.regulariser}' is not one of sigreg, vicreg, none")
     if cfg.loss.target not in ("self", "ema"):
@@ -138,10 +162,12 @@ def teach_session(session, out_dir, cfg: TeacherConfig | None = None, resume: bo
     heldin, heldout = split_units(counts.shape[1], cfg.eval.heldout_fraction, cfg.train.seed)
     x = np.ascontiguousarray(counts[:, heldin])
     module = TeacherModule(cfg, n_units=len(heldin))
+    with torch.no_grad():  # the count read-out starts at each unit's mean rate: the anchor's gradient is all signal
+        module.net.count_readout[module.session].bias.copy_(torch.as_tensor(np.log(x.mean(0) + 1e-3)))
     length = module.warm + cfg.train.window + cfg.model.horizon
-    segs, states = _segments_with_states(session, "train")
+    segs, states = _keep_states(*_segments_with_states(session, "train"), train_states)
     train_ds = Windows(x, segs, length, cfg.train.stride, states)
-    vsegs, _ = _segments_with_states(session, "val")
+    vsegs, _ = _keep_states(*_segments_with_states(session, "val"), train_states)
     val_ds = Windows(x, vsegs, length, length)
     if len(train_ds) == 0 or len(val_ds) == 0:
         raise InputError(dataset_dir or "session", f"too little train/val data for windows of {length} bins")
@@ -178,11 +204,11 @@ def teach_session(session, out_dir, cfg: TeacherConfig | None = None, resume: bo
     module.load_state_dict(state)
     net = module.net.eval()
     z = net.encode_long(x).numpy().astype(np.float32)
-    metrics = evaluate_teacher(net, z, session, counts, heldin, heldout, cfg)
+    metrics = evaluate_teacher(net, z, session, counts, heldin, heldout, cfg, train_states, test_states)
     metrics.update(train_seconds=round(train_s, 2), epochs=int(trainer.current_epoch),
                    global_step=int(trainer.global_step), best_val_loss=float(ckpt.best_model_score)
                    if ckpt.best_model_score is not None else None, regulariser=cfg.loss.regulariser,
-                   config=to_dict(cfg))
+                   train_states=train_states, test_states=test_states, config=to_dict(cfg))
     with atomic_path(out / "metrics.json") as tmp:
         tmp.write_text(json.dumps({"teacher": metrics}, indent=2, default=float))
     with atomic_path(out / "latents.npz") as tmp:
