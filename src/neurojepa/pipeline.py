@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+import numpy as np
 from omegaconf import OmegaConf
 
 from . import __version__
@@ -184,6 +185,26 @@ class Pipeline:
                 unconstrained=self.cfg.unconstrained_ablation, **self._state_overrides())
 
     # ------------------------------------------------------------------------------------------ results
+    def limits(self) -> list[str]:
+        """What the prepared recording cannot support; those metrics are reported as not available, never faked."""
+        from .data.dataset import PreparedSession
+
+        ps = PreparedSession.load(self.dirs["prepare"])
+        try:
+            out = []
+            if ps.gt_latents is None:
+                out.append("no ground-truth latents: gt_r2 and gt_r2_cross_state are not available")
+            states = sorted(set(np.asarray(ps.labels["state"]).astype(str)) - {""})
+            if len(states) < 2:
+                out.append(f"one state ({', '.join(states) or 'none'}): cross-state metrics are not available")
+            if not (ps.labels["image"].astype(str) != "").any():
+                out.append("no image presentations: image and change decoding are not available")
+            if ps.n_units < 10:
+                out.append(f"only {ps.n_units} units after QC: latents and co-smoothing rest on very few neurons")
+            return out
+        finally:
+            ps.close()
+
     def merge_metrics(self) -> Path:
         """``DIR/metrics.json`` = {"data": qc.json, "teacher": ..., "student": ...} (sections present so far)."""
         doc: dict = {"run": {"config_hash": config_hash(self.cfg), "version": __version__,
@@ -191,6 +212,7 @@ class Pipeline:
         qc = self.dirs["prepare"] / "qc.json"
         if qc.is_file():
             doc["data"] = json.loads(qc.read_text())
+            doc["run"]["limits"] = self.limits()
         for stage in ("teacher", "student"):
             m = self.dirs[stage] / "metrics.json"
             if m.is_file():

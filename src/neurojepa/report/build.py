@@ -23,6 +23,8 @@ rest of the page.
 
 from __future__ import annotations
 
+from html import escape as html_escape
+
 import json
 import logging
 import math
@@ -463,6 +465,15 @@ def _config_section(run_dir: Path, metrics: dict) -> Section:
     return sec
 
 
+def _limits(metrics: dict) -> str:
+    """What this recording cannot support (no ground truth, one state, no stimuli), as the pipeline recorded it."""
+    limits = (metrics.get("run") or {}).get("limits") or []
+    if not limits:
+        return ""
+    items = "".join(f"<li>{html_escape(str(x))}</li>" for x in limits)
+    return f'<div class="limits"><p><b>Limits of this recording</b> (metrics shown as not available):</p><ul>{items}</ul></div>'
+
+
 def build_report(run_dir: str | Path) -> Path:
     """Write ``run_dir/report.html`` (atomically) from the run's saved results; returns its path."""
     run_dir = Path(run_dir)
@@ -482,7 +493,7 @@ def build_report(run_dir: str | Path) -> Path:
     session = (metrics.get("data") or {}).get("session_id") or run_dir.name
     doc = page(f"neurojepa run: {session}", sections,
                "Data -> LeJEPA teacher -> spiking student. All numbers on held-out time blocks.",
-               f'<p class="verdict"><a href="#targets">Targets</a>: {_verdict(targets)}</p>')
+               f'<p class="verdict"><a href="#targets">Targets</a>: {_verdict(targets)}</p>' + _limits(metrics))
     out = run_dir / "report.html"
     with atomic_path(out) as tmp:
         tmp.write_text(doc, encoding="utf-8")

@@ -38,6 +38,7 @@ pre { background: #f6f6f6; padding: .8em; overflow-x: auto; font-size: .85em; bo
 p.note { color: #555; font-size: .92em; }
 .row { display: flex; flex-wrap: wrap; gap: 1em; align-items: flex-start; }
 p.verdict { font-size: 1.1em; font-weight: bold; }
+div.limits { background: #fff6e5; border-left: 4px solid #e0a030; padding: 0.2em 1em; }
 """
 
 

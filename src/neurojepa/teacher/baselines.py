@@ -42,7 +42,8 @@ def baseline_latents(counts: np.ndarray, train: np.ndarray, bin_size: float, dim
     rows = _fit_rows(train, 50_000)
     sq = np.sqrt(smooth)  # variance-stabilising, the usual preprocessing for PCA/FA of counts
     out = {"raw": smooth}
-    out["pca"] = PCA(dims, random_state=seed).fit(sq[rows]).transform(sq).astype(np.float32)
+    pca_dims = min(dims, counts.shape[1], len(rows))  # a recording with few units has fewer components
+    out["pca"] = PCA(pca_dims, random_state=seed).fit(sq[rows]).transform(sq).astype(np.float32)
     if with_fa:
         # lapack SVD and a capped fit set: randomized SVD inside FA's EM loop took minutes on 2 cores; FA never has
         # more factors than half the units (it is not identifiable beyond that and EM crawls)

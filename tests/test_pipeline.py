@@ -1,0 +1,121 @@
+"""The main job end to end on a tiny simulated session: stages, skipping, resuming after a kill, refusing to mix
+configs, one-line errors, and a non-VBN recording with its limits reported."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from neurojepa.cli import main
+from neurojepa.errors import InputError
+from neurojepa.pipeline import load_run_config, run
+
+TINY = ["simulate.units=60", "simulate.minutes=2", "prepare.split_block_s=20", "unconstrained_ablation=false",
+        "teacher.train.max_epochs=2", "teacher.train.steps_per_epoch=5", "teacher.train.batch_size=8",
+        "student.max_steps=10", "student.batch_size=8", "student.window=16", "student.val_every=5"]
+
+
+def _mtimes(out: Path) -> dict:
+    return {p.name: p.stat().st_mtime_ns for p in (out / ".stages").glob("*.json")}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "demo"
+    run(out, load_run_config(None, TINY))
+    return out
+
+
+def test_run_writes_every_stage_merged_metrics_and_report(tiny_run):
+    for stage in ("simulate", "prepare", "teacher", "student"):
+        rec = json.loads((tiny_run / ".stages" / f"{stage}.json").read_text())
+        assert rec["complete"] is True and (tiny_run / stage).is_dir()
+    m = json.loads((tiny_run / "metrics.json").read_text())
+    assert {"run", "data", "teacher", "student"} <= set(m)
+    assert m["data"]["units_kept"] == json.loads((tiny_run / "prepare" / "qc.json").read_text())["units_kept"]
+    assert m["teacher"]["embed_dim"] == 32 and "gt_r2" in m["teacher"]  # the simulator has ground truth
+    assert m["student"]["dale_violations"] == 0
+    assert m["run"]["limits"] == []  # nothing missing on the simulated session
+    html = (tiny_run / "report.html").read_text()
+    assert "Targets" in html and "http://" not in html and "https://" not in html
+    assert (tiny_run / "run.yaml").is_file()
+
+
+def test_second_run_skips_finished_stages(tiny_run, capsys):
+    before, metrics_before = _mtimes(tiny_run), json.loads((tiny_run / "metrics.json").read_text())
+    assert main(["run", "--out", str(tiny_run), *TINY]) == 0
+    err = capsys.readouterr().err
+    assert err.count("up to date, skipped") == 4
+    assert _mtimes(tiny_run) == before
+    assert json.loads((tiny_run / "metrics.json").read_text())["teacher"] == metrics_before["teacher"]
+
+
+def test_other_config_in_same_dir_is_refused_unless_forced(tiny_run, capsys):
+    changed = [("student.max_steps=12" if o == "student.max_steps=10" else o) for o in TINY]
+    assert main(["run", "--out", str(tiny_run), *changed]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "different config (student.max_steps)" in err[0] and "--force" in err[0]
+    before = _mtimes(tiny_run)
+    assert main(["run", "--out", str(tiny_run), "--force", *changed]) == 0
+    after = _mtimes(tiny_run)
+    # only the changed stage (and what depends on it) reran
+    assert {k for k in after if after[k] != before[k]} == {"student.json"}
+    assert json.loads((tiny_run / "metrics.json").read_text())["student"]["global_step"] == 12
+
+
+def test_config_typo_and_bad_type_are_one_line(tmp_path, capsys):
+    assert main(["run", "--out", str(tmp_path / "x"), "teacher.train.lrr=1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "did you mean 'teacher.train.lr'" in err[0]
+    assert main(["run", "--out", str(tmp_path / "x"), "student.max_steps=lots"]) == 2
+    assert "student.max_steps" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_killed_run_resumes_to_completion(tmp_path):
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "neurojepa.cli", "run", "--out", str(out), *TINY,
+           "teacher.train.max_epochs=40", "teacher.train.patience=100"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                            start_new_session=True)
+    ckpt = out / "teacher" / "last.ckpt"
+    deadline = time.time() + 240
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    assert proc.poll() is None, "the run ended before it could be killed during training"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    rec = json.loads((out / ".stages" / "teacher.json").read_text())
+    assert rec["complete"] is False and not (out / "metrics.json").exists()
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "teacher: resuming" in done.stderr and "prepare: up to date, skipped" in done.stderr
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["teacher"]["epochs"] == 40 and m["student"]["dale_violations"] == 0
+
+
+def test_any_nwb_recording_runs_with_its_limits_reported(real_nwb, tmp_path):
+    out = run(tmp_path / "real", load_run_config(None, [*TINY[2:], "states_from=epochs"]), real_nwb)
+    m = json.loads((out / "metrics.json").read_text())
+    limits = " ".join(m["run"]["limits"])
+    assert "no ground-truth latents" in limits and "one state" in limits and "no image presentations" in limits
+    assert "gt_r2" not in m["teacher"]  # not faked
+    assert m["data"]["units_kept"] == 3
+    assert "Limits of this recording" in (out / "report.html").read_text()
+
+
+def test_missing_input_is_one_line(tmp_path, capsys):
+    assert main(["run", str(tmp_path / "nope.nwb"), "--out", str(tmp_path / "o")]) == 2
+    assert "input file not found" in capsys.readouterr().err
+
+
+def test_presets_resolve_and_unknown_preset_is_refused():
+    assert load_run_config("fast").simulate.units == 80
+    with pytest.raises(InputError, match="presets: default, fast, vbn"):
+        load_run_config("fastest")
