@@ -2,6 +2,28 @@
 
 The pipeline reads left to right: ``data`` (sessions, NWB, Allen access, simulator, QC, binning) ->
 ``teacher`` (LeJEPA) -> ``student`` (E/I LIF network) -> ``metrics`` -> ``report``.
+
+The public API is small: :func:`run` (the main job), :func:`load_run` (open a finished run),
+:func:`open_session` (any NWB recording as a :class:`~neurojepa.data.session.Session`) and
+:func:`simulate_session` (a VBN-like session with ground truth). Heavy modules load on first use.
 """
 
 __version__ = "0.1.0"
+
+__all__ = ["run", "load_run", "open_session", "simulate_session", "__version__"]
+
+
+def __getattr__(name):  # lazy: `import neurojepa` stays instant, torch loads only when needed
+    if name in ("run", "load_run"):
+        from . import api
+
+        return getattr(api, name)
+    if name == "open_session":
+        from .data.nwb_read import open_session
+
+        return open_session
+    if name == "simulate_session":
+        from .data.simulate import simulate_session
+
+        return simulate_session
+    raise AttributeError(f"module 'neurojepa' has no attribute {name!r}")

@@ -23,8 +23,10 @@ log = logging.getLogger("neurojepa")
 
 def _add_simulate(sub) -> None:
     p = sub.add_parser("simulate", help="write a simulated VBN-like session with known ground truth to NWB")
-    p.add_argument("--out", required=True, help="output .nwb file")
+    p.add_argument("--out", required=True, help="output .nwb file (a directory with --sessions)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--sessions", type=int, default=None, metavar="K",
+                   help="K sessions sharing latent dynamics, different neurons: OUT/session_00.nwb ... (docs/scale.md)")
     p.add_argument("--units", type=int, default=None, help="number of units (default: preset's)")
     p.add_argument("--minutes", type=float, default=None, help="minutes per task block (default: preset's)")
     p.add_argument("--preset", choices=["default", "vbn"], default="default",
@@ -33,8 +35,13 @@ def _add_simulate(sub) -> None:
 
 
 def _run_simulate(args) -> int:
-    from .data.simulate import simulate_to_nwb
+    from .data.simulate import simulate_sessions_to_nwb, simulate_to_nwb
 
+    if args.sessions is not None:
+        for path in simulate_sessions_to_nwb(args.out, args.sessions, seed=args.seed, n_units=args.units,
+                                             minutes=args.minutes, preset=args.preset):
+            print(f"wrote {path}")
+        return 0
     path = simulate_to_nwb(args.out, seed=args.seed, n_units=args.units, minutes=args.minutes, preset=args.preset)
     print(f"wrote {path}")
     return 0
@@ -111,8 +118,12 @@ class _IntermixedParser(argparse.ArgumentParser):
 def _add_prepare(sub) -> None:
     p = sub.add_parser("prepare", help="unit QC, binning, labels and train/val/test splits of one recording")
     p.__class__ = _IntermixedParser
-    p.add_argument("input", help="an NWB file")
-    p.add_argument("--out", required=True, help="output directory (replaced as a whole, atomically)")
+    p.add_argument("input", nargs="+", help="an NWB file; several (or --workers/--scheduler): OUT/<stem>/ each")
+    p.add_argument("--out", required=True, help="output directory (replaced as a whole, atomically); the root "
+                                                "directory with several inputs")
+    p.add_argument("--workers", type=int, default=None, metavar="N", help="prepare in N local Dask processes")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="an existing Dask scheduler (tcp://host:port); paths must be visible to its workers")
     p.add_argument("--config", default=None, metavar="FILE.yaml", help="options (see docs/prepare.md)")
     p.add_argument("--states-from", default=None, metavar="TABLE[:COLUMN]",
                    help="take brain states from this intervals table (and column) of a non-VBN file")
@@ -124,10 +135,32 @@ def _run_prepare(args) -> int:
     from .config import load_config
     from .data.prepare import PrepareConfig, prepare, print_summary
 
-    cfg = load_config(PrepareConfig, args.config, args.overrides)
-    out = prepare(args.input, args.out, cfg, states_from=args.states_from)
+    # intermixed parsing hands every positional to `input` first: key=value ones are overrides
+    inputs = [a for a in args.input if "=" not in a]
+    overrides = [a for a in args.input if "=" in a] + list(args.overrides)
+    if not inputs:
+        raise InputError("prepare", "no input file given")
+    cfg = load_config(PrepareConfig, args.config, overrides)
+    if len(inputs) > 1 or args.workers is not None or args.scheduler is not None:
+        return _prepare_many(inputs, args, cfg)
+    out = prepare(inputs[0], args.out, cfg, states_from=args.states_from)
     print_summary(out)
     return 0
+
+
+def _prepare_many(inputs: list[str], args, cfg) -> int:
+    from .data.parallel import prepare_many
+
+    results = prepare_many(inputs, args.out, cfg, workers=args.workers, scheduler=args.scheduler,
+                           states_from=args.states_from)
+    failed = {k: v for k, v in results.items() if isinstance(v, str)}
+    for inp, out in results.items():
+        if inp not in failed:
+            print(f"prepared {out}")
+    for inp, line in failed.items():  # one line per failed session, after the successes
+        print(f"neurojepa: error: {line if line.startswith(inp) else f'{inp}: {line}'}", file=sys.stderr)
+    print(f"{len(results) - len(failed)} of {len(results)} sessions prepared into {args.out}")
+    return EXIT_INPUT_ERROR if failed else 0
 
 
 def _add_teach(sub) -> None:

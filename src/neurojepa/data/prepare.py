@@ -65,7 +65,7 @@ class PrepareConfig:
     compression_level: int = 4  # gzip level of the HDF5 datasets
     figure: bool = True  # write qc.png
     qc: QCConfig = field(default_factory=QCConfig)
-    checks: CheckConfig = field(default_factory=CheckConfig)
+    checks: CheckConfig = field(default_factory=CheckConfig)  # data-quality checks (reported, never fatal)
 
 
 def validate(cfg: PrepareConfig) -> None:

@@ -13,44 +13,44 @@ from dataclasses import dataclass
 @dataclass
 class StudentConfig:
     # population
-    n_exc: int = 256
-    n_inh: int = 64
+    n_exc: int = 256  # excitatory LIF neurons (Dale: outgoing weights >= 0)
+    n_inh: int = 64  # inhibitory LIF neurons (outgoing weights <= 0); 4:1 E:I by default
     dt: float = 0.001  # s, physical LIF step; bins are delivered over bin_size/dt sub-steps
     tau_mem_exc: float = 0.020  # s
     tau_mem_inh: float = 0.010  # s
     refractory: float = 0.002  # s, synaptic input is gated off this long after a spike
-    threshold: float = 1.0
+    threshold: float = 1.0  # membrane threshold (dimensionless; reset subtracts it)
     surrogate: str = "fast_sigmoid"  # or "atan"
     surrogate_slope: float = 25.0  # fast_sigmoid slope / atan alpha
     tau_readout: float = 0.050  # s, low-pass filter of E spikes feeding the readout
     # constraints and initialisation
-    dale: bool = True
+    dale: bool = True  # enforce Dale's principle by parametrisation (False: the unconstrained ablation)
     p_connect: float = 1.0  # fixed sparse recurrent connection mask when < 1
     spectral_radius: float = 0.3  # of W_rec * tau_mem_exc / dt (the rate-level loop gain) at init
     input_gain: float = 0.3  # std of the input current fluctuation at init (per step, threshold units x 10)
     noise_std: float = 0.3  # private white background current per step (threshold units); 0 = deterministic
     target_rate_hz: float = 10.0  # initial bias aims here
     # losses
-    rate_low_hz: float = 5.0
-    rate_high_hz: float = 20.0
+    rate_low_hz: float = 5.0  # lower edge of the homeostatic band (Hz)
+    rate_high_hz: float = 20.0  # upper edge of the homeostatic band (Hz)
     homeostasis_weight: float = 0.3  # per Hz^2, mean over neurons
     homeostasis_per_window: bool = False  # rates per batch window (bounds modulation depth) or pooled over the batch
-    l1_weight: float = 0.0
-    ridge: float = 1e-3
+    l1_weight: float = 0.0  # optional L1 weight sparsity penalty
+    ridge: float = 1e-3  # CCA ridge (fraction of the mean eigenvalue added to covariances)
     # training
     window: int = 32  # bins in the loss
     burn_in: int = 8  # bins run before the loss window (state transient, excluded)
-    batch_size: int = 32
-    lr: float = 3e-3
-    max_steps: int = 150
+    batch_size: int = 32  # windows per training step
+    lr: float = 3e-3  # Adam learning rate
+    max_steps: int = 150  # training steps (the wall-clock cap may stop earlier)
     max_minutes: float = 2.5  # wall-clock safety cap on training (max_steps is the intended stop)
-    val_every: int = 50
-    seed: int = 0
+    val_every: int = 50  # steps between validation (and last.ckpt)
+    seed: int = 0  # everything random in training and evaluation derives from it
     # evaluation
     eval_chunk: int = 200  # bins per evaluation chunk (plus burn_in)
     eval_spike_chunks: int = 30  # chunks whose spike rasters feed the firing statistics
-    silent_below_hz: float = 0.5
-    saturated_above_hz: float = 100.0
+    silent_below_hz: float = 0.5  # a neuron below this rate on held-out data counts as silent (Hz)
+    saturated_above_hz: float = 100.0  # a neuron above this rate counts as saturated (Hz)
 
     @property
     def n_neurons(self) -> int:
