@@ -59,7 +59,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numba
 import numpy as np
@@ -107,6 +107,9 @@ class SimConfig:
     gray_s: float = 10.0  # gray after the active block
     vbn_blocks: bool = False  # gabor / spontaneous / flash blocks between active and passive
     in_memory: bool = True  # False: spikes regenerated on demand (SimulatedSpikes)
+    # None: the stimulus response vectors come from the session's own seed; an int: from this seed, so sessions
+    # with the same dynamics_seed share the latent generator (simulate_sessions, docs/scale.md)
+    dynamics_seed: Optional[int] = None
     # task
     change_p: float = 0.3  # geometric parameter of the number of extra flashes before a change
     min_flashes: int = 4  # unchanged flashes before a change point, at least ...
@@ -320,12 +323,32 @@ def _impulses(times: np.ndarray, weights: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
-def _latents(tl: dict, running: BehaviorSeries, rng: np.random.Generator) -> np.ndarray:
-    """(T, 8) float32 latents on the grid ``k * LATENT_DT`` (see the module docstring), each z-scored."""
+def _response_vectors(rng: np.random.Generator) -> dict:
+    """The stimulus -> latent maps of the generator: image (8, 4) unit vectors, gabor orientation (3, 4), full-field
+    (4,). Drawn in this order from ``rng`` (the order of the single-session stream, kept so old seeds reproduce)."""
+    img_vec = rng.standard_normal((len(IMAGES), 4))
+    return {"image": img_vec / np.linalg.norm(img_vec, axis=1, keepdims=True)}
+
+
+def shared_dynamics(dynamics_seed: int) -> dict:
+    """The response vectors every session of a ``dynamics_seed`` shares (see :func:`simulate_sessions`)."""
+    rng = np.random.default_rng([int(dynamics_seed), 0x5EED])
+    out = _response_vectors(rng)
+    out["gabor"] = rng.standard_normal((3, 4)) * 0.5
+    out["fullfield"] = rng.standard_normal(4)
+    return out
+
+
+def _latents(tl: dict, running: BehaviorSeries, rng: np.random.Generator, shared: dict | None = None) -> np.ndarray:
+    """(T, 8) float32 latents on the grid ``k * LATENT_DT`` (see the module docstring), each z-scored.
+
+    shared: response vectors from :func:`shared_dynamics` replacing the session's own draws (the draws are still
+    made, so the rest of the session's random stream is the same as without)."""
     n = int(np.ceil(tl["t_end"] / LATENT_DT))
     seq = tl["seq"]
-    img_vec = rng.standard_normal((len(IMAGES), 4))
-    img_vec /= np.linalg.norm(img_vec, axis=1, keepdims=True)
+    img_vec = _response_vectors(rng)["image"]
+    if shared is not None:
+        img_vec = shared["image"]
     shown = ~seq["omitted"].to_numpy()
     k = seq["flashes_since_change"].to_numpy()
     on = np.concatenate([tl["a_on"], tl["p_on"]])
@@ -340,11 +363,14 @@ def _latents(tl: dict, running: BehaviorSeries, rng: np.random.Generator) -> np.
     if tl["extra"]["gabor"]:
         g_on, ori = map(np.asarray, zip(*tl["extra"]["gabor"]))
         g_vec = rng.standard_normal((3, 4)) * 0.5
+        g_vec = g_vec if shared is None else shared["gabor"]
         stim += oaconvolve(_impulses(g_on, np.eye(3)[ori], n), _alpha_kernel(0.04, 0.06)[:, None], axes=0)[:n] @ g_vec
     if tl["extra"]["fullfield"]:
         f_on, color = map(np.asarray, zip(*tl["extra"]["fullfield"]))
         resp = oaconvolve(_impulses(f_on, color[:, None], n)[:, 0], _alpha_kernel(0.04, 0.08))[:n]
-        stim += resp[:, None] * rng.standard_normal(4)[None, :]
+        ff_vec = rng.standard_normal(4)
+        ff_vec = ff_vec if shared is None else shared["fullfield"]
+        stim += resp[:, None] * ff_vec[None, :]
         evt += 0.7 * np.abs(resp)
     z = np.empty((n, N_LATENTS))
     z[:, :4], z[:, 4] = stim, evt
@@ -585,7 +611,7 @@ def simulate_session(seed: int = 0, n_units: int | None = None, minutes: float |
     task_rng, run_rng, lat_rng, unit_rng = (np.random.default_rng(s) for s in streams)
     tl = _timeline(cfg, task_rng)
     running = _running_speed(tl["t_end"], tl["epochs"], run_rng)
-    z = _latents(tl, running, lat_rng)
+    z = _latents(tl, running, lat_rng, None if cfg.dynamics_seed is None else shared_dynamics(cfg.dynamics_seed))
     units, params = _unit_table(cfg, cfg.n_units, unit_rng)
     ep = tl["epochs"]
     act = ep[ep.state == STATE_ACTIVE].iloc[0]
@@ -632,9 +658,12 @@ def true_rates(session: Session, unit_ids: Sequence[int] | None = None) -> np.nd
 def simulate_to_nwb(out: str | os.PathLike, seed: int = 0, n_units: int | None = None, minutes: float | None = None,
                     preset: str = "default") -> Path:
     """Simulate (:func:`simulate_session`) and write VBN-layout NWB to ``out``; returns the path."""
+    return _write_nwb(simulate_session(seed=seed, n_units=n_units, minutes=minutes, preset=preset), out)
+
+
+def _write_nwb(session: Session, out: str | os.PathLike) -> Path:
     from .nwb_write import write_session_nwb
 
-    session = simulate_session(seed=seed, n_units=n_units, minutes=minutes, preset=preset)
     if not isinstance(session.spikes, SimulatedSpikes):
         return write_session_nwb(session, out)
     # the writer regenerates every unit once more: show that pass too
@@ -644,3 +673,50 @@ def simulate_to_nwb(out: str | os.PathLike, seed: int = 0, n_units: int | None =
             return write_session_nwb(session, out)
         finally:
             session.spikes.trains.on_read = None
+
+
+# ================================================================================================ many sessions
+def session_seed(seed: int, i: int) -> int:
+    """The seed of session ``i`` of a multi-session set ``seed``: a non-negative int, distinct per (seed, i)."""
+    return int(np.random.SeedSequence([int(seed), int(i)]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def _one_of_many(i: int, seed: int, n_units: int | None, minutes: float | None, preset: str) -> Session:
+    session = simulate_session(session_seed(seed, i), n_units=n_units, minutes=minutes, preset=preset,
+                               dynamics_seed=int(seed))
+    session.session_id = f"sim-{preset}-set{seed}-s{i:02d}"
+    session.metadata.update(set_seed=int(seed), set_index=i)
+    return session
+
+
+def _check_many(k: int, seed: int) -> None:
+    if int(k) < 1:
+        raise InputError("sessions", f"need at least 1 session, got {k}")
+    if int(seed) < 0:
+        raise InputError("seed", f"must be a non-negative integer, got {seed}")
+
+
+def simulate_sessions(k: int, seed: int = 0, n_units: int | None = None, minutes: float | None = None,
+                      preset: str = "default") -> list[Session]:
+    """``k`` simulated sessions that share the latent generator but not the neurons (docs/scale.md).
+
+    Shared (a function of ``seed``): the equations and constants of :func:`_latents` and the stimulus response
+    vectors (:func:`shared_dynamics`: image, gabor and full-field -> latent maps), so latent ``d`` means the same
+    thing in every session. Different (a function of :func:`session_seed` ``(seed, i)``): the task sequence and
+    behaviour, the noise of the latents (rotation phase, running bouts), and the whole population: areas,
+    baselines, loadings, state gains/offsets/remix, QC imperfections. Session ``i`` is
+    ``simulate_session(session_seed(seed, i), dynamics_seed=seed)`` with id ``sim-<preset>-set<seed>-sNN``.
+    All ``k`` sessions are held in memory; :func:`simulate_sessions_to_nwb` writes them one at a time.
+    """
+    _check_many(k, seed)
+    return [_one_of_many(i, seed, n_units, minutes, preset) for i in range(int(k))]
+
+
+def simulate_sessions_to_nwb(out_dir: str | os.PathLike, k: int, seed: int = 0, n_units: int | None = None,
+                             minutes: float | None = None, preset: str = "default") -> list[Path]:
+    """Write the sessions of :func:`simulate_sessions` to ``out_dir/session_00.nwb``, ... (one in memory at a time)."""
+    _check_many(k, seed)
+    out_dir = Path(out_dir)
+    width = max(2, len(str(int(k) - 1)))
+    return [_write_nwb(_one_of_many(i, seed, n_units, minutes, preset), out_dir / f"session_{i:0{width}d}.nwb")
+            for i in range(int(k))]
