@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 
 from . import __version__
 from .errors import EXIT_INPUT_ERROR, InputError
@@ -314,6 +315,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if args.verbose == 0:  # Lightning's banners (GPU available, tips) and known-harmless warnings only with -v
+        logging.disable(logging.INFO)  # Lightning sets its own loggers to INFO when it is imported, later than this
+        for pattern in (".*isinstance\\(treespec, LeafSpec\\).*", ".*Checkpoint directory .* exists and is not empty.*",
+                        ".*smaller than the logging interval.*", ".*does not have many workers.*",
+                        ".*did not converge.*"):
+            warnings.filterwarnings("ignore", message=pattern)
     try:
         return int(args.func(args) or 0)
     except InputError as err:

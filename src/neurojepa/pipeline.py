@@ -107,8 +107,9 @@ class Stage:
 class Pipeline:
     """The stages of one run directory. Use :func:`run` unless you need the pieces."""
 
-    def __init__(self, out: str | Path, cfg: RunConfig, input_path: str | Path | None = None):
+    def __init__(self, out: str | Path, cfg: RunConfig, input_path: str | Path | None = None, console=None):
         self.out = Path(out)
+        self.console = console
         self.cfg = cfg
         self.input_path = None if input_path is None else Path(input_path)
         if self.input_path is not None and not self.input_path.is_file():
@@ -158,6 +159,11 @@ class Pipeline:
         self.dirs["simulate"].mkdir(parents=True, exist_ok=True)
         save_config(s, self.dirs["simulate"] / "config.yaml")
         simulate_to_nwb(self.nwb_path, seed=s.seed, n_units=s.units, minutes=s.minutes, preset=s.preset)
+        from .data.inspect import print_summary
+        from .data.nwb_read import open_session
+
+        with open_session(self.nwb_path) as session:  # what `neurojepa inspect` shows: the data at a glance
+            print_summary(session, self.console)
 
     def _prepare(self, resume: bool) -> None:
         from .data.prepare import prepare
@@ -261,7 +267,7 @@ def run(out: str | Path, cfg: RunConfig | None = None, input_path: str | Path | 
     out = Path(out)
     ipath = None if input_path is None else Path(input_path)
     _check_run_dir(out, cfg, ipath, force)
-    pipe = Pipeline(out, cfg, ipath)
+    pipe = Pipeline(out, cfg, ipath, console=console)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "run.yaml") as tmp:
         tmp.write_text(OmegaConf.to_yaml({"input": None if ipath is None else str(ipath.resolve()),
