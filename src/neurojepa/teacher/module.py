@@ -86,10 +86,11 @@ class TeacherModule(L.LightningModule):
                                           time_weight=c.loss.time_weight)
             if c.loss.count_weight > 0:
                 other = masks[1 - i]  # (B, 1, U): units view i never sees
-                nll = nn.functional.poisson_nll_loss(self.net.log_rates(z_ctx, self.session),
-                                                     counts[:, self.warm:self.warm + w], log_input=True,
+                y = counts[:, self.warm:self.warm + w]
+                nll = nn.functional.poisson_nll_loss(self.net.log_rates(z_ctx, self.session), y, log_input=True,
                                                      full=False, reduction="none")
-                count_loss = count_loss + 0.5 * (nll * other).sum() / (other.sum() * nll.shape[1])
+                # nats per spike, so that mu does not depend on the firing rates (like bits/spike)
+                count_loss = count_loss + 0.5 * (nll * other).sum() / (y * other).sum().clamp_min(1.0)
         loss = (1 - c.loss.lam) * pred_loss + c.loss.lam * reg + c.loss.count_weight * count_loss
         return dict(loss=loss, pred=pred_loss.detach(), reg=reg.detach(), count=count_loss.detach())
 
