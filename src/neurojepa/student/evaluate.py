@@ -20,6 +20,7 @@ import torch
 from ..errors import InputError
 from ..metrics import spiking
 from ..metrics.cca import heldout_cca, null_heldout_cca
+from ..metrics.decoding import decoding_report
 from .config import StudentConfig
 from .dale import dale_violations, neuron_signs
 from .network import StudentNet
@@ -113,15 +114,6 @@ def _decoding_ratio(student: dict, teacher: dict) -> dict:
     return ratios
 
 
-def _decoding_report():
-    """The teacher's decoding protocol (same tasks, same splits), wherever it lives."""
-    try:
-        from ..metrics.decoding import decoding_report  # preferred home: pure function of arrays
-    except ImportError:
-        from ..teacher.evaluate import decoding_report  # TODO(lead): move to metrics.decoding
-    return decoding_report
-
-
 def _in_states(state: np.ndarray | None, states, n: int) -> np.ndarray:
     if not states or state is None:
         return np.ones(n, bool)
@@ -162,7 +154,7 @@ def evaluate_student(net: StudentNet, counts: np.ndarray, latents: np.ndarray, s
         m["_report"] = report  # popped by distill, written to report_data.npz
     m.update(dale_violations=count_dale_violations(net), n_exc=net.n_exc, n_inh=net.n_inh)
     if labels is not None and decode:
-        dec = _decoding_report()(z, labels, split, net.bin_size)
+        dec = decoding_report(z, labels, split, net.bin_size)
         m["decoding"] = dec
         if teacher_decoding:
             ratios = _decoding_ratio(dec, teacher_decoding)

@@ -16,71 +16,13 @@ import numpy as np
 import torch
 
 from ..metrics.cobps import cobps as cobps_score
-from ..metrics.decoding import decode, flash_features, flash_onsets
+from ..metrics.decoding import compare_states as _compare_states
+from ..metrics.decoding import decoding_report
 from ..metrics.latent import cross_state_r2, forecast_r2, per_dim_std, rankme, ridge_r2
 from .baselines import baseline_latents
 from .sigreg import sigreg_statistic
 
 log = logging.getLogger(__name__)
-
-
-def _decoding_tasks(labels, onsets: np.ndarray, bin_size: float) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{task: (flash rows into onsets, labels)}: image identity and is_change on shown flashes; lick (any lick
-    within 750 ms) and hit-vs-miss on change flashes, in the active state only."""
-    img = labels["image"].to_numpy()[onsets].astype(str)
-    shown = (img != "") & ~labels["omitted"].to_numpy()[onsets].astype(bool)
-    state = labels["state"].to_numpy()[onsets].astype(str)
-    tasks = {"image": (np.flatnonzero(shown), img[shown]),
-             "is_change": (np.flatnonzero(shown), labels["is_change"].to_numpy()[onsets][shown].astype(bool))}
-    active = shown & (state == "active")
-    lick_bins = np.concatenate([[0], np.cumsum(labels["licks"].fillna(0).to_numpy() > 0)])
-    stop = np.minimum(onsets + int(round(0.75 / bin_size)), len(labels))
-    licked = (lick_bins[stop] - lick_bins[onsets]) > 0
-    tasks["lick"] = (np.flatnonzero(active), licked[active])
-    outcome = labels["trial_outcome"].to_numpy()[onsets].astype(str)
-    hm = active & np.isin(outcome, ["hit", "miss"])
-    tasks["hit"] = (np.flatnonzero(hm), outcome[hm] == "hit")
-    return tasks
-
-
-def _compare_states(state: np.ndarray) -> list[str]:
-    """The states to compare: active and passive when both exist (the research question), else all."""
-    present = sorted(s for s in np.unique(state) if s)
-    return ["active", "passive"] if {"active", "passive"} <= set(present) else present
-
-
-def decoding_report(z: np.ndarray, labels, split: np.ndarray, bin_size: float, window_ms: float = 250.0,
-                    seed: int = 0, train_states: list[str] | None = None, test_states: list[str] | None = None
-                    ) -> dict:
-    """Within-state (train blocks -> test blocks) and cross-state (one state's train -> other's test) decoding.
-
-    With ``train_states``: "within" only for those states, "cross" only from them to ``test_states`` (default:
-    every state compared).
-
-    z: (n_bins, D). Returns {"within": {state: {task: decode()}}, "cross": {"A->B": {task: decode()}}}; only the
-    metrics (balanced_accuracy, accuracy, chance, n_train, n_test) are kept.
-    """
-    if "time_since_flash" not in labels or labels["time_since_flash"].isna().all():
-        return {}
-    onsets = flash_onsets(labels["time_since_flash"].to_numpy(), bin_size)
-    feats = flash_features(z, onsets, max(1, int(round(window_ms / 1000 / bin_size))))
-    fstate = labels["state"].to_numpy()[onsets].astype(str)
-    fsplit = np.asarray(split)[onsets]
-    states = _compare_states(fstate)
-    sources = list(train_states) if train_states else states
-    targets = list(test_states) if test_states else states
-    out: dict = {"within": {}, "cross": {}}
-    for task, (rows, y) in _decoding_tasks(labels, onsets, bin_size).items():
-        st, sp, x = fstate[rows], fsplit[rows], feats[rows]
-        for a in sources:
-            res = decode(x, y, (st == a) & (sp == "train"), (st == a) & (sp == "test"), seed=seed)
-            if res["n_classes"] >= 2:
-                out["within"].setdefault(a, {})[task] = res
-            for b in targets:
-                if a != b and task in ("image", "is_change"):
-                    res = decode(x, y, (st == a) & (sp == "train"), (st == b) & (sp == "test"), seed=seed)
-                    out["cross"].setdefault(f"{a}->{b}", {})[task] = res
-    return out
 
 
 def score_latents(z: np.ndarray, ctx: dict, *, collapse: bool = True) -> dict:
