@@ -295,8 +295,8 @@ def _run_config(args) -> int:
     return 0
 
 
-COMMANDS = [_add_run, _add_config, _add_simulate, _add_inspect, _add_allen, _add_prepare, _add_distill, _add_export_nir, _add_teach,
-            _add_report]
+COMMANDS = [_add_run, _add_config, _add_simulate, _add_inspect, _add_allen, _add_prepare, _add_teach, _add_distill,
+            _add_export_nir, _add_report]  # pipeline order, as `neurojepa --help` lists them
 
 
 # ------------------------------------------------------------------------------------------------- main
