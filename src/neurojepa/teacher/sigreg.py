@@ -14,6 +14,22 @@ the step number, so a run (and a resumed run) is reproducible and every worker w
 For time series, SIGReg across the batch alone lets the time axis collapse (lejepa issue #27), so
 :func:`sigreg_sequence` applies it per time step across the batch and, with a smaller weight, across time
 inside each window. The statistic grows with the sample count N, so compare values only at equal N.
+
+Distributed data parallel (DDP). When ``torch.distributed`` is initialised with world_size W > 1, the samples of
+the across-batch statistic are split over ranks. Each rank's local ecf (the cos and sin means over its samples)
+is then summed over ranks with the autograd-aware ``torch.distributed.nn.functional.all_reduce`` and divided by W,
+and N is the global sample count W * N_local: every rank computes the statistic of the GLOBAL batch. A plain
+``dist.all_reduce`` would give the same value but no gradient path through the other ranks' share, so DDP's
+gradient average would come out 1/W too small for this term; the autograd version's backward all-reduces the
+gradient of the ecf, which (after DDP divides by W) gives exactly the single-process gradient on the global batch
+(tests/test_ddp.py checks this with 2 gloo processes). Assumptions: equal local batch sizes on all ranks
+(Lightning's DistributedSampler pads to equal sizes; ``drop_last`` keeps the last batch equal too), and every
+rank calls the regulariser at every step (it is a collective). The directions are a function of (seed, step)
+only, drawn from a CPU generator, so they are identical on every rank without communication. The across-time
+term of :func:`sigreg_sequence` has its samples (the T steps of one window) on one rank, so it is never reduced;
+DDP's gradient average turns its per-rank means over windows into the global mean. ``distributed=False`` turns
+the reduction off (the held-out diagnostic :func:`sigreg_statistic` always does: it may run on one rank only).
+Not distributed, the code path and results are unchanged, bit for bit.
 """
 
 from __future__ import annotations
@@ -21,6 +37,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.distributed as dist
 
 
 def _trapezoid_grid(t_max: float, knots: int, device=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -33,19 +50,43 @@ def _trapezoid_grid(t_max: float, knots: int, device=None) -> tuple[torch.Tensor
     return t, phi, w * phi
 
 
-def epps_pulley(x: torch.Tensor, t_max: float = 3.0, knots: int = 17) -> torch.Tensor:
+def world_size(distributed: bool | None = None) -> int:
+    """Number of ranks the sample axis is split over: 1 unless distributed (None: auto) and W > 1 ranks run."""
+    if distributed is False or not (dist.is_available() and dist.is_initialized()):
+        return 1
+    return dist.get_world_size()
+
+
+def _all_reduce_mean(x: torch.Tensor, world: int) -> torch.Tensor:
+    """Mean of x over ranks, differentiable: the backward all-reduces the gradient (see module docstring)."""
+    from torch.distributed.nn.functional import all_reduce  # imported lazily: only needed under DDP
+
+    return all_reduce(x, op=dist.ReduceOp.SUM) / world
+
+
+def epps_pulley(x: torch.Tensor, t_max: float = 3.0, knots: int = 17, *,
+                distributed: bool | None = None) -> torch.Tensor:
     """Epps-Pulley normality statistic of 1-D samples.
 
     x: (..., N) samples along the last axis (any leading batch axes). Returns (...,): N times the weighted
     squared distance between the sample's characteristic function and N(0, 1)'s. About 0 for standard normal
     samples (its expectation under H0 is O(1), independent of N), large for anything else.
+
+    distributed: None (auto) or True: if torch.distributed runs with W > 1 ranks, the N samples are this rank's
+    share of W * N global ones (equal N on every rank); the ecf is averaged over ranks and the statistic is the
+    global one, identical on all ranks. False: local samples only. Single-process, all three are the same.
     """
     if knots < 2:
         raise ValueError("knots must be >= 2")
     t, phi, weights = _trapezoid_grid(t_max, knots, device=x.device)
     xt = x.unsqueeze(-1) * t.to(x.dtype)  # (..., N, knots)
-    err = (xt.cos().mean(-2) - phi).square() + xt.sin().mean(-2).square()  # |ecf - phi|^2, (..., knots)
-    return (err @ weights.to(x.dtype)) * x.shape[-1]
+    cos, sin = xt.cos().mean(-2), xt.sin().mean(-2)  # real and imaginary parts of the ecf, (..., knots)
+    world = world_size(distributed)
+    if world > 1:
+        ecf = _all_reduce_mean(torch.stack([cos, sin]), world)  # one collective for both parts
+        cos, sin = ecf[0], ecf[1]
+    err = (cos - phi).square() + sin.square()  # |ecf - phi|^2, (..., knots)
+    return (err @ weights.to(x.dtype)) * (x.shape[-1] * world)
 
 
 def random_directions(dim: int, num_slices: int, step: int, seed: int = 0, device=None,
@@ -56,17 +97,19 @@ def random_directions(dim: int, num_slices: int, step: int, seed: int = 0, devic
     return (a / a.norm(dim=0, keepdim=True)).to(device=device, dtype=dtype)
 
 
-def sigreg(z: torch.Tensor, directions: torch.Tensor, t_max: float = 3.0, knots: int = 17) -> torch.Tensor:
+def sigreg(z: torch.Tensor, directions: torch.Tensor, t_max: float = 3.0, knots: int = 17, *,
+           distributed: bool | None = None) -> torch.Tensor:
     """SIGReg of embeddings z: (..., N, D), samples on axis -2. directions: (D, M) unit vectors.
 
-    Returns (...,): the Epps-Pulley statistic averaged over the M slices.
+    Returns (...,): the Epps-Pulley statistic averaged over the M slices. ``distributed`` as in
+    :func:`epps_pulley` (under DDP the N samples are this rank's share of the global batch).
     """
     proj = z @ directions  # (..., N, M)
-    return epps_pulley(proj.transpose(-1, -2), t_max, knots).mean(-1)
+    return epps_pulley(proj.transpose(-1, -2), t_max, knots, distributed=distributed).mean(-1)
 
 
 def sigreg_sequence(z: torch.Tensor, step: int, *, num_slices: int = 64, seed: int = 0, time_weight: float = 0.25,
-                    t_max: float = 3.0, knots: int = 17) -> torch.Tensor:
+                    t_max: float = 3.0, knots: int = 17, distributed: bool | None = None) -> torch.Tensor:
     """SIGReg for a batch of latent trajectories z: (B, T, D) -> scalar.
 
     Per time step across the batch (each of the T clouds of B points should be N(0, I)) plus ``time_weight``
@@ -74,12 +117,18 @@ def sigreg_sequence(z: torch.Tensor, step: int, *, num_slices: int = 64, seed: i
     that is Gaussian across windows but frozen in time. Each term is divided by its own sample count (B or T)
     and the sum multiplied by a reference N = 64, so that the balance between them, and with the prediction
     loss, does not move with batch size or window length.
+
+    Under DDP (``distributed`` None/True and W > 1 ranks) z holds this rank's B of the W * B windows: the
+    across-batch term is the global one (divided by the global count W * B), the across-time term is local
+    (a window's T steps live on one rank) and DDP's gradient average turns its per-rank means into the global mean.
     """
+    # the same directions on every rank: a function of (seed, step) only, no communication needed
     directions = random_directions(z.shape[-1], num_slices, step, seed, device=z.device, dtype=z.dtype)
-    across_batch = sigreg(z.transpose(0, 1), directions).mean() / z.shape[0]  # (T,) clouds of B points
+    n_batch = z.shape[0] * world_size(distributed)  # global number of windows
+    across_batch = sigreg(z.transpose(0, 1), directions, t_max, knots, distributed=distributed).mean() / n_batch  # (T,) clouds of B
     loss = across_batch
     if time_weight > 0:
-        across_time = sigreg(z, directions).mean() / z.shape[1]  # (B,) clouds of T points
+        across_time = sigreg(z, directions, t_max, knots, distributed=False).mean() / z.shape[1]  # (B,) clouds of T points
         loss = loss + time_weight * across_time
     return loss * 64.0
 
@@ -126,5 +175,5 @@ def sigreg_statistic(z, num_slices: int = 256, n_samples: int = 512, repeats: in
     for r in range(repeats):
         idx = torch.randperm(z.shape[0], generator=g)[:n]
         dirs = random_directions(z.shape[1], num_slices, r, seed)
-        vals.append(float(sigreg(z[idx], dirs)))
+        vals.append(float(sigreg(z[idx], dirs, distributed=False)))  # may run on one rank only: no collective
     return float(sum(vals) / len(vals)) if vals else math.nan
