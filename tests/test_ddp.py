@@ -90,13 +90,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def ddp_results():
-    """Per mode: rank-averaged loss, DDP parameter gradients (identical on both ranks) and the global z gradient."""
+def _spawn(worker) -> dict:
+    """Run ``worker(rank, port, queue)`` in WORLD spawned processes; {rank: what it put on the queue}."""
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     port = _free_port()
-    procs = [ctx.Process(target=_worker, args=(rank, port, results), daemon=True) for rank in range(WORLD)]
+    procs = [ctx.Process(target=worker, args=(rank, port, results), daemon=True) for rank in range(WORLD)]
     for p in procs:
         p.start()
     try:
@@ -110,6 +109,13 @@ def ddp_results():
                 p.terminate()
                 p.join()
     assert all(p.exitcode == 0 for p in procs)
+    return got
+
+
+@pytest.fixture(scope="module")
+def ddp_results():
+    """Per mode: rank-averaged loss, DDP parameter gradients (identical on both ranks) and the global z gradient."""
+    got = _spawn(_worker)
     merged = {}
     for mode in MODES:
         ranks = [got[r][mode] for r in range(WORLD)]
@@ -173,3 +179,96 @@ def test_plain_all_reduce_shrinks_the_across_batch_gradient_by_world_size(ddp_re
     assert np.abs(across_batch).max() > 1e-2  # the term under test is not negligible
     np.testing.assert_allclose(ddp_results["plain"]["weight"], local_weight + across_batch / WORLD,
                                rtol=1e-9, atol=1e-12)
+
+
+# ------------------------------------------------------------------ the real teacher loss (all terms) under DDP
+TB, TU = 8, 12  # global windows, units
+
+
+def _teacher_problem():
+    """A small float64 TeacherModule (default loss: prediction + SIGReg + count anchor, masked views with gain
+    jitter) and a fixed global batch of counts whose halves have different spike totals (so the count anchor's
+    normaliser matters)."""
+    from neurojepa.teacher.config import TeacherConfig
+    from neurojepa.teacher.module import TeacherModule
+
+    cfg = TeacherConfig()
+    cfg.model.width, cfg.model.embed_dim, cfg.model.dilations, cfg.model.horizon = 16, 8, [1, 2], 3
+    cfg.model.predictor_hidden, cfg.train.window = 16, 8
+    torch.manual_seed(0)
+    mod = TeacherModule(cfg, n_units=TU).double()
+    g = torch.Generator().manual_seed(1)
+    length = mod.warm + cfg.train.window + cfg.model.horizon
+    rate = torch.cat([torch.full((TB // 2, 1, 1), 0.3), torch.full((TB // 2, 1, 1), 1.5)])
+    counts = torch.poisson(rate.expand(TB, length, TU).contiguous(), generator=g).double()
+    return mod, counts
+
+
+def _teacher_loss_and_grads(mod, counts, views, step=STEP):
+    out = mod.losses(counts, views, step)
+    mod.zero_grad()
+    out["loss"].backward()
+    return out["loss"].item(), {n: p.grad.clone() for n, p in mod.named_parameters() if p.grad is not None}
+
+
+def _slice_views(views, part):
+    (sa, sb), (ma, mb) = views
+    return (sa[part], sb[part]), (ma[part], mb[part])
+
+
+def _teacher_worker(rank: int, port: int, results) -> None:
+    import torch.distributed as dist
+
+    from neurojepa.teacher import module as module_mod
+
+    torch.set_num_threads(1)
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=timedelta(seconds=30))
+    try:
+        out = {}
+        correct = module_mod.spike_total
+        for mode in ("global", "local"):  # local: the naive per-rank normaliser, to show the test can fail
+            module_mod.spike_total = correct if mode == "global" else (lambda y: y.sum())
+            mod, counts = _teacher_problem()
+            views = mod._views(counts, STEP)  # the global batch's views, as one process would draw them
+            part = slice(rank * TB // WORLD, (rank + 1) * TB // WORLD)
+            loss, grads = _teacher_loss_and_grads(mod, counts[part], _slice_views(views, part))
+            for g in grads.values():  # what DDP does with the gradients: the mean over ranks
+                dist.all_reduce(g)
+                g /= WORLD
+            out[mode] = (loss, {k: v.numpy() for k, v in grads.items()})
+        module_mod.spike_total = correct
+        results.put((rank, out))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def teacher_ddp():
+    """{mode: (mean of the ranks' losses, rank 0's averaged gradients)} for the global and the local normaliser."""
+    got = _spawn(_teacher_worker)
+    return {m: (float(np.mean([got[r][m][0] for r in range(WORLD)])), got[0][m][1]) for m in ("global", "local")}
+
+
+def test_ddp_teacher_loss_and_gradients_equal_single_process(teacher_ddp):
+    """The whole teacher loss (prediction + SIGReg + count anchor) on 2 gloo ranks holding half the windows each:
+    the mean of the ranks' losses and the DDP-averaged gradients of every parameter equal one process on the
+    global batch."""
+    mod, counts = _teacher_problem()
+    ref_loss, ref = _teacher_loss_and_grads(mod, counts, mod._views(counts, STEP))
+    loss, grads = teacher_ddp["global"]
+    assert loss == pytest.approx(ref_loss, rel=1e-10)
+    assert set(grads) == set(ref) and len(ref) > 10  # every parameter of encoder, predictor, read-in, read-out
+    for k in ref:
+        np.testing.assert_allclose(grads[k], ref[k].numpy(), rtol=1e-8, atol=1e-12, err_msg=k)
+
+
+def test_ddp_teacher_with_a_per_rank_count_normaliser_differs(teacher_ddp):
+    """Guards against a vacuous test: normalising the count anchor by each rank's own spike total changes the
+    loss and the read-out gradients (the halves of the batch fire at different rates)."""
+    mod, counts = _teacher_problem()
+    ref_loss, ref = _teacher_loss_and_grads(mod, counts, mod._views(counts, STEP))
+    loss, grads = teacher_ddp["local"]
+    assert abs(loss - ref_loss) > 1e-4 * abs(ref_loss)
+    w = "net.count_readout.session.weight"
+    assert not np.allclose(grads[w], ref[w].numpy(), rtol=1e-6)

@@ -78,3 +78,18 @@ def test_heldout_statistic_ranks_collapse():
     rng = np.random.default_rng(0)
     assert sigreg_statistic(rng.standard_normal((4000, 16))) < 2.0
     assert sigreg_statistic(rng.standard_normal((4000, 1)) @ np.ones((1, 16))) > 50.0
+
+
+def test_sigreg_runs_in_float32_under_bf16_autocast():
+    """Mixed precision must not touch the statistic: under a bf16 autocast region, and for a bf16 input, the value
+    equals the float32 one on the same (rounded) points and the gradient reaches the bf16 input."""
+    from neurojepa.teacher.sigreg import sigreg_sequence
+
+    z = torch.randn(32, 6, 8, generator=torch.Generator().manual_seed(3)).to(torch.bfloat16).requires_grad_(True)
+    ref = sigreg_sequence(z.detach().float(), 5, num_slices=16, seed=1, time_weight=0.0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = sigreg_sequence(z, 5, num_slices=16, seed=1, time_weight=0.0)
+    assert got.dtype == torch.float32
+    assert torch.allclose(got, ref, rtol=1e-6)
+    got.backward()
+    assert z.grad is not None and torch.isfinite(z.grad.float()).all()

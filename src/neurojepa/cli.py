@@ -167,7 +167,8 @@ def _prepare_many(inputs: list[str], args, cfg) -> int:
 def _add_teach(sub) -> None:
     p = sub.add_parser("teach", help="train the LeJEPA teacher on a prepared dataset and evaluate it")
     p.__class__ = _IntermixedParser
-    p.add_argument("dataset", help="a prepared dataset directory (neurojepa prepare)")
+    p.add_argument("dataset", nargs="+", help="prepared dataset directories (neurojepa prepare); several: one "
+                   "multi-session teacher (docs/scale.md)")
     p.add_argument("--out", required=True, help="output directory: checkpoints, logs, metrics.json, latents.npz")
     p.add_argument("--config", default=None, metavar="FILE.yaml", help="options (see docs/teacher.md)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.ckpt")
@@ -182,11 +183,50 @@ def _run_teach(args) -> int:
     from .teacher.config import TeacherConfig
     from .teacher.train import teach
 
-    cfg = load_config(TeacherConfig, args.config, args.overrides)
-    out = teach(args.dataset, args.out, cfg, resume=args.resume)
+    from pathlib import Path
+
+    # the positionals are greedy: key=value items after the directories are overrides
+    dirs = [d for d in args.dataset if "=" not in d or Path(d).exists()]
+    cfg = load_config(TeacherConfig, args.config, [d for d in args.dataset if d not in dirs] + args.overrides)
+    if len(dirs) > 1:
+        from .teacher.multisession import teach_many
+
+        out = teach_many(dirs, args.out, cfg, resume=args.resume)
+        if out is None:  # a DDP rank other than 0: rank 0 evaluates and reports
+            return 0
+        for name, m in json.loads((out / "metrics.json").read_text())["teacher_multi"]["sessions"].items():
+            print(f"{name}: " + ", ".join(f"{k}={m[k]:.3f}" for k in ("gt_r2", "cobps") if isinstance(m.get(k), float)))
+        print(f"wrote {out}")
+        return 0
+    if not dirs:
+        raise InputError("teach", "no dataset directory given")
+    out = teach(dirs[0], args.out, cfg, resume=args.resume)
     m = json.loads((out / "metrics.json").read_text())["teacher"]
     keys = ("gt_r2", "gt_r2_cross_state", "rankme", "cobps", "forecast_r2")
     print(f"wrote {out}: " + ", ".join(f"{k}={m[k]:.3f}" for k in keys if isinstance(m.get(k), (int, float))))
+    return 0
+
+
+def _add_transfer(sub) -> None:
+    p = sub.add_parser("transfer", help="fit a new session's read-in to a frozen multi-session teacher and score it")
+    p.add_argument("dataset", help="the new session's prepared dataset directory")
+    p.add_argument("--teacher", required=True, help="a multi-session teacher directory (neurojepa teach A B ...)")
+    p.add_argument("--out", required=True, help="output directory: metrics.json, readin.pt, latents.npz")
+    p.add_argument("--steps", type=int, default=300, help="optimiser steps of the read-in fit (default 300)")
+    p.add_argument("--lr", type=float, default=1e-2, help="AdamW learning rate of the read-in fit (default 1e-2)")
+    p.add_argument("--baselines", action="store_true", help="also score PCA, raw counts and FA on the new session")
+    p.set_defaults(func=_run_transfer)
+
+
+def _run_transfer(args) -> int:
+    import json
+
+    from .teacher.transfer import transfer
+
+    out = transfer(args.dataset, args.teacher, args.out, steps=args.steps, lr=args.lr, baselines=args.baselines)
+    m = json.loads((out / "metrics.json").read_text())["transfer"]
+    print(f"wrote {out}: gt_r2={m.get('gt_r2', float('nan')):.3f} (unfitted read-in "
+          f"{m['null'].get('gt_r2', float('nan')):.3f}), {m['steps']} steps in {m['fit_seconds']:.1f} s")
     return 0
 
 
@@ -295,8 +335,8 @@ def _run_config(args) -> int:
     return 0
 
 
-COMMANDS = [_add_run, _add_config, _add_simulate, _add_inspect, _add_allen, _add_prepare, _add_teach, _add_distill,
-            _add_export_nir, _add_report]  # pipeline order, as `neurojepa --help` lists them
+COMMANDS = [_add_run, _add_config, _add_simulate, _add_inspect, _add_allen, _add_prepare, _add_teach, _add_transfer,
+            _add_distill, _add_export_nir, _add_report]  # pipeline order, as `neurojepa --help` lists them
 
 
 # ------------------------------------------------------------------------------------------------- main

@@ -6,6 +6,15 @@ next ``window`` bins carry the loss, and the last K bins supply the forecast tar
 
     loss = (1 - lam) * mean |predict(z_t) - z'_{t..t+K}|^2 + lam * regulariser(z)    (z': the other view)
            + mu * PoissonNLL(exp(readout(z_t)), counts of the other view's units in bin t)   (count anchor)
+           + w * mean |z_active[..., :k] - z_passive[..., :k]|^2 / var                       (replay term)
+
+Replay term (``loss.replay_weight`` w, ``loss.replay_dims`` k; teacher/replay.py): a paired batch holds B/2 active
+windows and, in the same order, the B/2 passive windows at the replayed times (same stimulus-driven latents,
+another population code). The first k latent dims are tied (k < D leaves dims free for a state's own code,
+which a shared count read-out needs; with ``loss.state_readout`` - one count read-out per state, so the read-out
+carries the code - all D dims are tied by default). The mean is over batch, loss-window bins and the k dims;
+``loss.replay_norm`` divides each dim's squared difference by its variance (:func:`replay_distance`), so
+shrinking the tied dims cannot meet it.
 
 Targets are the same encoder's latents with gradients flowing through them (LeJEPA: no stop-gradient, no EMA;
 SIGReg alone prevents the trivial constant solution). ``loss.target = ema`` swaps in an EMA copy for ablation.
@@ -24,17 +33,44 @@ from torch import nn
 
 from .config import TeacherConfig
 from .model import TeacherNet
-from .sigreg import regulariser
+from .sigreg import regulariser, world_size
 
 log = logging.getLogger(__name__)
 
 
+def spike_total(y: torch.Tensor) -> torch.Tensor:
+    """y.sum(), the count anchor's normaliser; under DDP (W > 1 ranks) the mean over ranks of their local sums, so
+    that DDP's average of the ranks' losses is the global batch's nats per spike (a per-rank ratio would not be).
+    Counts carry no gradient: a plain all_reduce is exact here."""
+    total = y.sum()
+    if world_size() > 1:
+        total = total.detach().clone()
+        torch.distributed.all_reduce(total)
+        total = total / world_size()
+    return total
+
+
+def replay_distance(z: torch.Tensor, normalise: bool = True) -> torch.Tensor:
+    """Mean squared difference between the first and second half of a batch of latents z: (B, T, k) (rows i and
+    i + B/2 are replay partners). normalise: each dim's squared difference is divided by that dim's variance over
+    the batch and time (both halves), so the term is scale-free (2 (1 - corr) per dim for equal variances): with
+    the raw difference the tied dims simply shrank (per-dim std 0.2 at weight 10, docs/teacher.md)."""
+    h = z.shape[0] // 2
+    sq = (z[:h] - z[h:]).square().mean(dim=(0, 1))  # (k,)
+    if normalise:
+        sq = sq / (z.var(dim=(0, 1)) + 1e-4)
+    return sq.mean()
+
+
 class TeacherModule(L.LightningModule):
-    def __init__(self, cfg: TeacherConfig, n_units: int, session: str = "session"):
+    def __init__(self, cfg: TeacherConfig, n_units: int, session: str = "session", n_states: int = 1):
+        """n_states: how many state codes batches may carry (for ``loss.state_readout``)."""
         super().__init__()
         self.cfg, self.session = cfg, session
         m = cfg.model
-        self.net = TeacherNet({session: n_units}, width=m.width, embed_dim=m.embed_dim, kernel=m.kernel,
+        # model.state_readin: state code i > 0 reads in through its own linear map, keyed "<session>@<i>"
+        self.state_keys = [session] + ([f"{session}@{i}" for i in range(1, n_states)] if m.state_readin else [])
+        self.net = TeacherNet({k: n_units for k in self.state_keys}, width=m.width, embed_dim=m.embed_dim, kernel=m.kernel,
                               dilations=tuple(m.dilations), horizon=m.horizon, predictor_hidden=m.predictor_hidden,
                               seed=cfg.train.seed, smooth_bins=m.smooth_bins, input_transform=m.input_transform,
                               linear_skip=m.linear_skip, view_mode=m.views)
@@ -43,6 +79,52 @@ class TeacherModule(L.LightningModule):
             self.target_net = copy.deepcopy(self.net).requires_grad_(False)
         self.warm = self.net.receptive_field - 1
         self.diverged_at: int | None = None
+        # per-state count read-outs live here, not in TeacherNet: they serve training only (cobps fits its own GLM);
+        # with one state they would equal the shared one (and sit unused, which DDP refuses)
+        self.state_readout = (nn.ModuleList([nn.Linear(m.embed_dim, n_units) for _ in range(n_states)])
+                              if cfg.loss.state_readout and n_states > 1 else None)
+
+    def init_readout_bias(self, log_mean: torch.Tensor) -> None:
+        """Start every count read-out at the units' mean log rate (U,): the anchor's gradient is then all signal."""
+        with torch.no_grad():
+            for ro in [self.net.count_readout[self.session], *(self.state_readout or [])]:
+                ro.bias.copy_(log_mean)
+
+    def encode(self, net: TeacherNet, counts: torch.Tensor, scale: torch.Tensor | None = None,
+               state: torch.Tensor | None = None) -> torch.Tensor:
+        """net.encode with each window read in through its state's read-in (``model.state_readin``; one shared
+        read-in otherwise or without state codes): counts (B, L, U), scale broadcastable, state (B,) -> (B, L, D).
+        Windows are encoded per state in sub-batches; every layer acts per window, so this equals one pass."""
+        if len(self.state_keys) == 1 or state is None:
+            return net.encode(counts, self.session, scale)
+        z = None
+        for code in torch.unique(state).tolist():
+            idx = torch.nonzero(state == code).squeeze(1)
+            sc = scale[idx] if scale is not None and scale.shape[0] == counts.shape[0] else scale
+            part = net.encode(counts[idx], self.state_keys[code], sc)
+            z = part.new_zeros(counts.shape[0], *part.shape[1:]) if z is None else z
+            z = z.index_copy(0, idx, part)
+        return z
+
+    @staticmethod
+    def unpack(batch) -> tuple[torch.Tensor, torch.Tensor | None, bool]:
+        """A loader batch -> (counts (B, L, U), state codes (B,) or None, paired).
+
+        Batches are counts (B, L, U), or (counts, state) with state (B,) long; paired batches carry (B/2, 2, L, U)
+        counts (and (B/2, 2) states), flattened here to the active windows first, then their partners in order."""
+        counts, state = batch if isinstance(batch, (tuple, list)) else (batch, None)
+        paired = counts.dim() == 4
+        if paired:
+            counts = torch.cat([counts[:, 0], counts[:, 1]])
+            state = torch.cat([state[:, 0], state[:, 1]]) if state is not None else None
+        return counts, state, paired
+
+    def log_rates(self, z: torch.Tensor, state: torch.Tensor | None) -> torch.Tensor:
+        """z: (B, T, D) -> (B, T, U) log counts per bin: the shared read-out, or each window's state's one."""
+        if self.state_readout is None or state is None:
+            return self.net.log_rates(z, self.session)
+        out = torch.stack([ro(z) for ro in self.state_readout])  # (S, B, T, U); S is 2-3, cheap
+        return out[state, torch.arange(z.shape[0])]
 
     # ----------------------------------------------------------------------------------------------- the loss
     def _views(self, counts: torch.Tensor, step: int) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple]:
@@ -59,22 +141,24 @@ class TeacherModule(L.LightningModule):
         gain = gain.to(counts)
         return (2 * masks[0] * gain[0], 2 * masks[1] * gain[1]), masks
 
-    def losses(self, counts: torch.Tensor, views: tuple, step: int) -> dict[str, torch.Tensor]:
-        """counts: (B, warm + window + K, U); views: (scales, masks) from :meth:`_views` -> dict(loss, pred, reg,
-        count).
+    def losses(self, counts: torch.Tensor, views: tuple, step: int, state: torch.Tensor | None = None,
+               paired: bool = False) -> dict[str, torch.Tensor]:
+        """counts: (B, warm + window + K, U); views: (scales, masks) from :meth:`_views`; state: (B,) state codes
+        (for ``loss.state_readout``); paired: rows B/2.. are the replay partners of rows ..B/2 -> dict(loss, pred,
+        reg, count, replay).
 
         Each view's z_t predicts the other view's z_{t..t+K} (symmetrised); the regulariser sees both; with
         ``loss.count_weight`` > 0 each view's z_t also predicts, through the Poisson read-out, the counts in bin
         t of the units only the other view sees."""
         c, k, w = self.cfg, self.net.horizon, self.cfg.train.window
         scales, masks = views
-        z = [self.net.encode(counts, self.session, sc) for sc in scales]  # 2 x (B, L, D)
+        z = [self.encode(self.net, counts, sc, state) for sc in scales]  # 2 x (B, L, D)
         if self.target_net is not None:
             with torch.no_grad():
-                z_tgt = [self.target_net.encode(counts, self.session, sc) for sc in scales]
+                z_tgt = [self.encode(self.target_net, counts, sc, state) for sc in scales]
         else:
             z_tgt = z
-        pred_loss = reg = count_loss = torch.zeros(())
+        pred_loss = reg = count_loss = replay = torch.zeros(())
         for i in range(2):
             z_ctx = z[i][:, self.warm:self.warm + w]  # (B, window, D)
             # targets[b, t, j] = z_other[b, warm + t + j] for j <= K: (B, window, K + 1, D); j = 0 is the
@@ -87,17 +171,22 @@ class TeacherModule(L.LightningModule):
             if c.loss.count_weight > 0:
                 other = masks[1 - i]  # (B, 1, U): units view i never sees
                 y = counts[:, self.warm:self.warm + w]
-                nll = nn.functional.poisson_nll_loss(self.net.log_rates(z_ctx, self.session), y, log_input=True,
+                nll = nn.functional.poisson_nll_loss(self.log_rates(z_ctx, state), y, log_input=True,
                                                      full=False, reduction="none")
                 # nats per spike, so that mu does not depend on the firing rates (like bits/spike)
-                count_loss = count_loss + 0.5 * (nll * other).sum() / (y * other).sum().clamp_min(1.0)
-        loss = (1 - c.loss.lam) * pred_loss + c.loss.lam * reg + c.loss.count_weight * count_loss
-        return dict(loss=loss, pred=pred_loss.detach(), reg=reg.detach(), count=count_loss.detach())
+                count_loss = count_loss + 0.5 * (nll * other).sum() / spike_total(y * other).clamp_min(1.0)
+            if paired and c.loss.replay_weight > 0:
+                replay = replay + 0.5 * replay_distance(z_ctx[..., :c.loss.replay_dims], c.loss.replay_norm)
+        loss = ((1 - c.loss.lam) * pred_loss + c.loss.lam * reg + c.loss.count_weight * count_loss
+                + c.loss.replay_weight * replay)
+        return dict(loss=loss, pred=pred_loss.detach(), reg=reg.detach(), count=count_loss.detach(),
+                    replay=replay.detach())
 
     # ------------------------------------------------------------------------------------------ Lightning hooks
     def training_step(self, batch, batch_idx):
         step = int(self.global_step)
-        out = self.losses(batch, self._views(batch, step), step)
+        counts, state, paired = self.unpack(batch)
+        out = self.losses(counts, self._views(counts, step), step, state, paired)
         if not torch.isfinite(out["loss"]):
             # NaN guard: skip this update, stop, and let teach() report; the last checkpoint stays the good one
             self.diverged_at = step
@@ -105,9 +194,14 @@ class TeacherModule(L.LightningModule):
             log.error("teacher: non-finite loss at step %d; stopping", step)
             return None
         self.log_dict({"train_loss": out["loss"], "train_pred": out["pred"], "train_reg": out["reg"],
-                       "train_count": out["count"]},
+                       "train_count": out["count"], "train_replay": out["replay"]},
                       prog_bar=True, on_step=True, on_epoch=False)
-        return out["loss"]
+        loss = out["loss"]
+        if self.trainer.world_size > 1 and (self.state_readout is not None or len(self.state_keys) > 1):
+            # a state absent from this rank's batch (the gray block never is in a replay pair) leaves its read-out
+            # / read-in without a gradient, which DDP's buckets refuse: give them an exact zero
+            loss = loss + 0.0 * sum(p.sum() for p in self.parameters() if p.requires_grad)
+        return loss
 
     def on_before_optimizer_step(self, optimizer):
         grads = [p.grad for p in self.parameters() if p.grad is not None]
@@ -125,11 +219,13 @@ class TeacherModule(L.LightningModule):
                     pt.mul_(d).add_(p.detach(), alpha=1 - d)
 
     def validation_step(self, batch, batch_idx):
-        out = self.losses(batch, self._views(batch, batch_idx), batch_idx)  # fixed views/directions every epoch
+        counts, state, paired = self.unpack(batch)
+        # fixed views/directions every epoch
+        out = self.losses(counts, self._views(counts, batch_idx), batch_idx, state, paired)
         self.log_dict({"val_loss": out["loss"], "val_pred": out["pred"], "val_reg": out["reg"],
                        "val_count": out["count"]},
-                      prog_bar=True, on_epoch=True, batch_size=batch.shape[0])
+                      prog_bar=True, on_epoch=True, batch_size=counts.shape[0])
 
     def configure_optimizers(self):
         t = self.cfg.train
-        return torch.optim.AdamW(self.net.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        return torch.optim.AdamW(self.parameters(), lr=t.lr, weight_decay=t.weight_decay)

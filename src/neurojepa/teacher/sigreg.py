@@ -122,6 +122,12 @@ def sigreg_sequence(z: torch.Tensor, step: int, *, num_slices: int = 64, seed: i
     across-batch term is the global one (divided by the global count W * B), the across-time term is local
     (a window's T steps live on one rank) and DDP's gradient average turns its per-rank means into the global mean.
     """
+    # mixed precision: the statistic (projections, cos/sin, the quadrature) always runs in at least float32, even
+    # inside a bf16/fp16 autocast region; bf16 cos/sin of |t x| up to ~10 would swamp the small ECF differences
+    if z.dtype in (torch.float16, torch.bfloat16) or torch.is_autocast_enabled(z.device.type):
+        with torch.autocast(z.device.type, enabled=False):
+            return sigreg_sequence(z.float(), step, num_slices=num_slices, seed=seed, time_weight=time_weight,
+                                   t_max=t_max, knots=knots, distributed=distributed)
     # the same directions on every rank: a function of (seed, step) only, no communication needed
     directions = random_directions(z.shape[-1], num_slices, step, seed, device=z.device, dtype=z.dtype)
     n_batch = z.shape[0] * world_size(distributed)  # global number of windows

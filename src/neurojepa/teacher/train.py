@@ -15,13 +15,18 @@ of each epoch) replays the same steps and gives the same final metrics as an uni
 
 Training windows are cut from the counts held in memory (a session is 10^5 bins x a few hundred units of
 uint8, tens of MB), not read through WindowDataset item by item from HDF5, which would dominate the step time.
+(``data.dataset.WindowDataset`` preloads too, but it needs a PreparedSession on disk and returns dicts per item;
+the teacher also trains on in-memory sessions (tests, toy) and on replay pairs, so it keeps this small dataset.)
+
+Replay pairs (``loss.replay_weight > 0``, teacher/replay.py): batches are then half active train windows, half
+their passive partners at the replayed times (state balance kept; the gray block does not take part). Pairing is
+off, with a log line, when training is restricted to fewer than both states or the session has no replay.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from pathlib import Path
 
@@ -37,15 +42,19 @@ from ..errors import InputError, atomic_path
 from .config import TeacherConfig
 from .evaluate import evaluate_teacher
 from .module import TeacherModule
+from .multisession import run_dir, trainer_kwargs
 
 log = logging.getLogger(__name__)
 
 
 class Windows(Dataset):
-    """Windows of ``length`` bins from in-memory counts (n_bins, U); never straddling a segment boundary."""
+    """Windows of ``length`` bins from in-memory counts (n_bins, U); never straddling a segment boundary.
 
-    def __init__(self, counts: np.ndarray, segments, length: int, stride: int, states: list[str] | None = None):
-        self.counts, self.length = counts, length
+    item: (length, U) float32 counts, or ``(counts, state code)`` when ``codes`` ({state: int}) is given."""
+
+    def __init__(self, counts: np.ndarray, segments, length: int, stride: int, states: list[str] | None = None,
+                 codes: dict[str, int] | None = None):
+        self.counts, self.length, self.codes = counts, length, codes
         starts, st = [], []
         for i, (a, b) in enumerate(segments):
             s = list(range(a, b - length + 1, stride))
@@ -56,9 +65,29 @@ class Windows(Dataset):
     def __len__(self) -> int:
         return len(self.starts)
 
-    def __getitem__(self, i: int) -> torch.Tensor:
-        s = int(self.starts[i])
+    def window(self, s: int) -> torch.Tensor:
         return torch.from_numpy(self.counts[s:s + self.length].astype(np.float32))
+
+    def __getitem__(self, i: int):
+        x = self.window(int(self.starts[i]))
+        return x if self.codes is None else (x, self.codes[str(self.states[i])])
+
+
+class PairedWindows(Windows):
+    """Replay pairs: item = (2, length, U) counts of a window and its partner (rows ``starts``, ``partners``), or
+    ``(counts, (2,) state codes)`` with ``codes``. ``states`` here are the pair's (source, target) states."""
+
+    def __init__(self, counts: np.ndarray, starts: np.ndarray, partners: np.ndarray, length: int,
+                 states: tuple[str, str], codes: dict[str, int] | None = None):
+        self.counts, self.length, self.codes, self.pair_states = counts, length, codes, states
+        self.starts, self.partners = np.asarray(starts, np.int64), np.asarray(partners, np.int64)
+        self.states = np.full(len(self.starts), "pair")  # one stratum: the pair itself is state-balanced
+
+    def __getitem__(self, i: int):
+        x = torch.stack([self.window(int(self.starts[i])), self.window(int(self.partners[i]))])
+        if self.codes is None:
+            return x
+        return x, torch.tensor([self.codes[s] for s in self.pair_states])
 
 
 class EpochSampler(Sampler):
@@ -106,6 +135,46 @@ def split_units(n_units: int, heldout_fraction: float, seed: int) -> tuple[np.nd
     return np.sort(perm[n_out:]), np.sort(perm[:n_out])
 
 
+def encode_states(module: TeacherModule, x: np.ndarray, labels) -> np.ndarray:
+    """Causal latents (n_bins, D) float32 of the held-in counts x: (n_bins, U); with ``model.state_readin`` every
+    bin takes the encoding through its own state's read-in (each pass is causal, so the mix is too)."""
+    net = module.net.eval()
+    if len(module.state_keys) == 1:
+        return net.encode_long(x).numpy().astype(np.float32)
+    state = labels["state"].to_numpy().astype(str)
+    z = np.zeros((len(x), net.embed_dim), np.float32)
+    for code, name in enumerate(sorted(set(state))):
+        rows = state == name
+        z[rows] = net.encode_long(x, module.state_keys[code]).numpy()[rows]
+    return z
+
+
+def replay_dataset(session, x: np.ndarray, train_ds: Windows, segs: list, states: list[str],
+                   train_states: list[str], codes: dict[str, int] | None,
+                   source: str = "active", target: str = "passive") -> PairedWindows | None:
+    """The replay-paired training set (source train windows + their target partners inside target train
+    segments), or None (logged) when pairing does not apply."""
+    from .replay import replay_partners
+
+    if train_states and not {source, target} <= set(train_states):
+        log.info("teacher: replay pairing off: training on %s only (a pair would use another state's data)",
+                 train_states)
+        return None
+    labels = getattr(session, "labels", None)
+    if labels is None or not {source, target} <= set(labels["state"].astype(str)):
+        return None  # a real recording without a replay block: silently off (docs/teacher.md)
+    starts = train_ds.starts[train_ds.states == source]
+    allowed = [g for g, s in zip(segs, states) if s == target]
+    partners = replay_partners(labels, float(session.bin_size), float(getattr(session, "t_start", 0.0)), starts,
+                               train_ds.length, allowed, source, target)
+    if partners is None or (partners >= 0).sum() == 0:
+        log.warning("teacher: replay pairing off: no %s window has a %s partner in the train blocks", source, target)
+        return None
+    keep = partners >= 0
+    log.info("teacher: replay pairs: %d of %d %s train windows", keep.sum(), len(starts), source)
+    return PairedWindows(x, starts[keep], partners[keep], train_ds.length, (source, target), codes)
+
+
 def teach(dataset_dir, out_dir, cfg: TeacherConfig | None = None, resume: bool = False,
           train_states: list[str] | None = None, test_states: list[str] | None = None) -> Path:
     """Train and evaluate the teacher on the prepared dataset at ``dataset_dir``; returns ``out_dir``.
@@ -147,28 +216,23 @@ def teach_session(session, out_dir, cfg: TeacherConfig | None = None, resume: bo
     if cfg.loss.target not in ("self", "ema"):
         raise InputError("loss.target", f"'{cfg.loss.target}' is not one of self, ema")
     out = Path(out_dir)
-    last = out / "last.ckpt"
-    if resume and not last.is_file():
-        raise InputError(last, "nothing to resume from (no last.ckpt)")
-    out.mkdir(parents=True, exist_ok=True)
-    if not resume:  # a fresh run: stale checkpoints or logs of an earlier run would mix with this one's
-        shutil.rmtree(out / "logs", ignore_errors=True)
-        for name in ("last.ckpt", "best.ckpt"):
-            (out / name).unlink(missing_ok=True)
+    last = run_dir(out, resume)  # a fresh run clears stale checkpoints and logs (rank 0 only)
     torch.set_num_threads(cfg.train.threads)
     t0 = time.perf_counter()
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     counts = session.load_counts()
     heldin, heldout = split_units(counts.shape[1], cfg.eval.heldout_fraction, cfg.train.seed)
     x = np.ascontiguousarray(counts[:, heldin])
-    module = TeacherModule(cfg, n_units=len(heldin))
-    with torch.no_grad():  # the count read-out starts at each unit's mean rate: the anchor's gradient is all signal
-        module.net.count_readout[module.session].bias.copy_(torch.as_tensor(np.log(x.mean(0) + 1e-3)))
+    # state codes travel with each window only where a per-state read-out needs them
+    per_state = cfg.loss.state_readout or cfg.model.state_readin
+    codes = {s: i for i, s in enumerate(sorted(known))} if per_state and known else None
+    module = TeacherModule(cfg, n_units=len(heldin), n_states=max(1, len(known)))
+    module.init_readout_bias(torch.as_tensor(np.log(x.mean(0) + 1e-3), dtype=torch.float32))
     length = module.warm + cfg.train.window + cfg.model.horizon
     segs, states = _keep_states(*_segments_with_states(session, "train"), train_states)
-    train_ds = Windows(x, segs, length, cfg.train.stride, states)
-    vsegs, _ = _keep_states(*_segments_with_states(session, "val"), train_states)
-    val_ds = Windows(x, vsegs, length, length)
+    train_ds = Windows(x, segs, length, cfg.train.stride, states, codes)
+    vsegs, vstates = _keep_states(*_segments_with_states(session, "val"), train_states)
+    val_ds = Windows(x, vsegs, length, length, vstates, codes)
     if len(train_ds) == 0 or len(val_ds) == 0:
         raise InputError(dataset_dir or "session", f"too little train/val data for windows of {length} bins")
     if len(val_ds) > cfg.train.val_windows:  # a fixed, evenly spread subset: cheap and identical every epoch
@@ -176,8 +240,14 @@ def teach_session(session, out_dir, cfg: TeacherConfig | None = None, resume: bo
         val_ds.starts = val_ds.starts[keep]
     # a fixed shuffle: each val batch mixes states and times like a train batch (SIGReg is a batch statistic)
     val_ds.starts = val_ds.starts[np.random.default_rng(cfg.train.seed).permutation(len(val_ds.starts))]
-    sampler = EpochSampler(train_ds.states, cfg.train.steps_per_epoch * cfg.train.batch_size, cfg.train.seed)
-    train_dl = DataLoader(train_ds, batch_size=cfg.train.batch_size, sampler=sampler, drop_last=True)
+    paired = replay_dataset(session, x, train_ds, segs, states, train_states, codes) \
+        if cfg.loss.replay_weight > 0 else None
+    per_item = 2 if paired is not None else 1  # a paired item is two windows: the batch keeps batch_size windows
+    if paired is not None:
+        train_ds = paired
+    sampler = EpochSampler(train_ds.states, cfg.train.steps_per_epoch * cfg.train.batch_size // per_item,
+                           cfg.train.seed)
+    train_dl = DataLoader(train_ds, batch_size=cfg.train.batch_size // per_item, sampler=sampler, drop_last=True)
     val_dl = DataLoader(val_ds, batch_size=cfg.train.batch_size)
 
     # two writers: best.ckpt (lowest val loss) and last.ckpt (every epoch); ModelCheckpoint's own save_last only
@@ -187,7 +257,7 @@ def teach_session(session, out_dir, cfg: TeacherConfig | None = None, resume: bo
     cbs: list[Callback] = [ckpt, periodic, EarlyStopping("val_loss", patience=cfg.train.patience, mode="min")]
     if cfg.train.progress:
         cbs.append(TQDMProgressBar(refresh_rate=10))
-    trainer = L.Trainer(default_root_dir=out, max_epochs=cfg.train.max_epochs, accelerator="cpu", devices=1,
+    trainer = L.Trainer(default_root_dir=out, max_epochs=cfg.train.max_epochs, **trainer_kwargs(cfg.train),
                         deterministic=True, callbacks=cbs + list(callbacks or []), gradient_clip_val=1.0,
                         logger=[CSVLogger(out, name="logs", version="csv"), TensorBoardLogger(out, name="logs", version="tb")],
                         log_every_n_steps=10, num_sanity_val_steps=0, enable_progress_bar=cfg.train.progress,
@@ -198,17 +268,20 @@ def teach_session(session, out_dir, cfg: TeacherConfig | None = None, resume: bo
         raise InputError("teacher", f"training diverged (non-finite loss or gradient at step {module.diverged_at}); "
                                     f"the last good checkpoint is {last}; try a lower train.lr")
     train_s = time.perf_counter() - t0
+    if trainer.global_rank != 0:  # under DDP every rank returns from fit; rank 0 alone evaluates and writes
+        return out
 
     best = out / "best.ckpt"
     state = torch.load(best if best.is_file() else last, map_location="cpu", weights_only=True)["state_dict"]
     module.load_state_dict(state)
     net = module.net.eval()
-    z = net.encode_long(x).numpy().astype(np.float32)
+    z = encode_states(module, x, labels)
     metrics = evaluate_teacher(net, z, session, counts, heldin, heldout, cfg, train_states, test_states)
     metrics.update(train_seconds=round(train_s, 2), epochs=int(trainer.current_epoch),
                    global_step=int(trainer.global_step), best_val_loss=float(ckpt.best_model_score)
                    if ckpt.best_model_score is not None else None, regulariser=cfg.loss.regulariser,
-                   train_states=train_states, test_states=test_states, config=to_dict(cfg))
+                   train_states=train_states, test_states=test_states,
+                   replay_pairs=len(paired) if paired is not None else 0, config=to_dict(cfg))
     with atomic_path(out / "metrics.json") as tmp:
         tmp.write_text(json.dumps({"teacher": metrics}, indent=2, default=float))
     with atomic_path(out / "latents.npz") as tmp:

@@ -1,0 +1,369 @@
+"""The multi-session teacher: one shared encoder, predictor and latent space; a read-in and a count read-out per
+session. ``teach_many(dataset_dirs, out_dir, cfg)`` trains it on single-session batches streamed from the prepared
+HDF5 files and scores every training session with the single-session metrics.
+
+Decisions (docs/scale.md):
+
+- **The same loss as one session.** :class:`MultiSessionTeacher` subclasses :class:`TeacherModule` and only picks
+  the batch's session before calling its ``_views`` / ``losses``: views, count anchor, SIGReg and their weights are
+  those of the single teacher, so a change there applies to both.
+- **Held-out units per session** for co-smoothing, chosen exactly as the single teacher does
+  (:func:`~neurojepa.teacher.train.split_units` with the same seed), so per-session metrics compare 1:1.
+- **Streaming.** Windows come from :class:`~neurojepa.data.multisession.MultiSessionDataset` (nothing of a
+  session stays in memory) through :class:`~neurojepa.data.multisession.SessionBatchSampler` (one session per
+  batch; every session gives the same number of batches per epoch). ``train.steps_per_epoch`` is the number of
+  optimiser steps per epoch on each rank, spread evenly over the sessions. Batches are not state-balanced (the
+  single teacher's sampler is): windows are drawn uniformly within a session.
+- **Data parallel.** Lightning's distributed sampler is off (``use_distributed_sampler=False``); the batch
+  sampler is given the trainer's rank and world size, so each rank steps through its own share of the batches.
+  Ranks may hold different sessions in the same step: the session-specific parameters of the sessions a rank did
+  not see enter its loss with weight 0, so DDP's gradient buckets are complete without
+  ``find_unused_parameters`` (the average over ranks is the usual DDP mean). SIGReg's characteristic function and
+  the count anchor's spike normaliser are reduced over ranks (teacher/sigreg.py, teacher/module.py), so the loss
+  and gradients equal one process on the global batch (tests/test_ddp.py).
+- **Validation** runs the same fixed batches (one session each, evenly spread val windows) on every rank, so
+  ``val_loss`` and the best checkpoint agree across ranks.
+- After training only global rank 0 evaluates and writes ``metrics.json`` / latents (with the ``ddp`` launcher
+  every rank runs the caller's code after ``fit``).
+
+Outputs in ``out_dir``: ``last.ckpt``, ``best.ckpt``, ``logs/``, ``config.yaml``, ``sessions.json`` (name ->
+dataset_dir, n_units, heldin, heldout: what :mod:`~neurojepa.teacher.transfer` needs), ``metrics.json``
+(``"teacher_multi"``), ``latents/<name>.npz`` (the single teacher's ``latents.npz`` layout, per session).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Sequence
+
+import lightning as L
+import numpy as np
+import torch
+
+from ..errors import InputError, atomic_path
+from .config import TeacherConfig, TrainConfig
+from .model import TeacherNet
+from .module import TeacherModule
+
+log = logging.getLogger(__name__)
+
+
+def trainer_kwargs(t: TrainConfig) -> dict:
+    """The Lightning Trainer's hardware options from ``train.*``: accelerator, devices, strategy, num_nodes,
+    precision. The CPU defaults (auto on a machine without CUDA, 1 device, 32-true) are the old single-process run.
+
+    Lightning detects SLURM (``SLURM_NTASKS`` etc.) and torchelastic on its own; nothing here depends on it."""
+    if t.accelerator not in ("auto", "cpu", "gpu", "cuda", "mps"):
+        raise InputError("train.accelerator", f"'{t.accelerator}' is not one of auto, cpu, gpu, cuda, mps")
+    if t.devices < 1 or t.num_nodes < 1:
+        raise InputError("train.devices", f"devices ({t.devices}) and num_nodes ({t.num_nodes}) must be >= 1")
+    if t.precision not in ("32-true", "32", "bf16-mixed", "16-mixed", "64-true"):
+        raise InputError("train.precision", f"'{t.precision}' is not one of 32-true, bf16-mixed, 16-mixed, 64-true")
+    # deterministic=True on CUDA needs a fixed cuBLAS workspace (otherwise torch raises on the first matmul)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    return dict(accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
+                precision=t.precision)
+
+
+def session_key(name: str) -> str:
+    """A module-name-safe key for a session name (ModuleDict keys may not contain '.')."""
+    return re.sub(r"\W", "_", name)
+
+
+class MultiSessionTeacher(TeacherModule):
+    """:class:`TeacherModule` over several sessions.
+
+    sessions: {session name: number of held-in units} (order = the dataset's session order); heldin: {name:
+    held-in unit indices into the session's prepared units}. A batch is ``collate_session_batch``'s dict:
+    counts (B, L, n_units of that session), session (int index into ``sessions``); the module keeps the held-in
+    columns and runs the single teacher's loss with that session's read-in and count read-out.
+    """
+
+    def __init__(self, cfg: TeacherConfig, sessions: dict[str, int], heldin: dict[str, Sequence[int]]):
+        super().__init__(cfg, n_units=1, session="_")  # everything of TeacherModule; its 1-unit net is replaced
+        m = cfg.model
+        self.names = list(sessions)
+        self.keys = [session_key(n) for n in self.names]
+        if len(set(self.keys)) != len(self.keys):
+            raise InputError("sessions", f"session names must be distinct, got {self.names}")
+        self.net = TeacherNet(dict(zip(self.keys, sessions.values())), width=m.width, embed_dim=m.embed_dim,
+                              kernel=m.kernel, dilations=tuple(m.dilations), horizon=m.horizon,
+                              predictor_hidden=m.predictor_hidden, seed=cfg.train.seed, smooth_bins=m.smooth_bins,
+                              input_transform=m.input_transform, linear_skip=m.linear_skip, view_mode=m.views)
+        if self.target_net is not None:
+            self.target_net = copy.deepcopy(self.net).requires_grad_(False)
+        self.session = self.keys[0]
+        for k, name in zip(self.keys, self.names):
+            self.register_buffer(f"heldin_{k}", torch.as_tensor(np.asarray(heldin[name]), dtype=torch.int64))
+
+    def _session_loss(self, batch: dict, step: int) -> tuple[dict, int]:
+        self.session = self.keys[int(batch["session"])]
+        x = batch["counts"][:, :, getattr(self, f"heldin_{self.session}")]
+        return self.losses(x, self._views(x, step), step), x.shape[0]
+
+    def training_step(self, batch, batch_idx):
+        step = int(self.global_step)
+        out, _ = self._session_loss(batch, step)
+        loss = out["loss"]
+        if not torch.isfinite(loss):
+            self.diverged_at = step
+            self.trainer.should_stop = True
+            log.error("teacher: non-finite loss at step %d; stopping", step)
+            return None
+        if self.trainer.world_size > 1:
+            # the other sessions' read-in/read-out get an exact-zero gradient on this rank: DDP's buckets expect
+            # a gradient for every parameter (the alternative, find_unused_parameters, walks the graph each step)
+            loss = loss + 0.0 * sum(p.sum() for p in self.net.readin.parameters()) \
+                + 0.0 * sum(p.sum() for p in self.net.count_readout.parameters())
+        self.log_dict({"train_loss": out["loss"], "train_pred": out["pred"], "train_reg": out["reg"],
+                       "train_count": out["count"]}, prog_bar=True, on_step=True, on_epoch=False,
+                      batch_size=batch["counts"].shape[0])
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        out, b = self._session_loss(batch, batch_idx)  # fixed views/directions every epoch
+        self.log_dict({"val_loss": out["loss"], "val_pred": out["pred"], "val_reg": out["reg"],
+                       "val_count": out["count"]}, prog_bar=True, on_epoch=True, batch_size=b, sync_dist=True)
+
+
+def _epoch_batch_sampler(*args, **kwargs):
+    """A :class:`SessionBatchSampler` whose ``sampler`` attribute is itself: Lightning calls ``set_epoch`` on a
+    loader's ``sampler`` and ``batch_sampler.sampler`` only, never on the batch sampler, which would otherwise
+    repeat epoch 0's batches every epoch."""
+    from ..data.multisession import SessionBatchSampler
+
+    class _Sampler(SessionBatchSampler):
+        @property
+        def sampler(self):
+            return self
+
+    return _Sampler(*args, **kwargs)
+
+
+class _MultiData(L.LightningDataModule):
+    """Streams train windows (rank-sliced :class:`SessionBatchSampler`) and fixed val batches from the files."""
+
+    def __init__(self, dirs: list[Path], cfg: TeacherConfig, length: int):
+        super().__init__()
+        from ..data.multisession import MultiSessionDataset
+
+        t = cfg.train
+        self.cfg, self.length = cfg, length
+        self.train_ds = MultiSessionDataset(dirs, window=length, stride=t.stride, split="train")
+        self.val_ds = MultiSessionDataset(dirs, window=length, stride=length, split="val")
+        empty = [d.name for d, (a, b) in zip(dirs, self.train_ds.session_ranges) if b == a]
+        empty += [d.name for d, (a, b) in zip(dirs, self.val_ds.session_ranges) if b == a]
+        if empty:
+            raise InputError(", ".join(sorted(set(empty))), f"too little train/val data for windows of {length} bins")
+        self.val_batches = self._val_batches()
+
+    def _val_batches(self) -> list[list[int]]:
+        """Per session min(its val windows, max(batch, val_windows / K)) evenly spread windows in a fixed order,
+        in batches of one session (SIGReg is a batch statistic: a tail batch under half a batch is dropped)."""
+        t, k = self.cfg.train, self.val_ds.n_sessions
+        rng = np.random.default_rng(t.seed)
+        batches = []
+        for a, b in self.val_ds.session_ranges:
+            n = min(b - a, max(t.batch_size, t.val_windows // k))
+            idx = rng.permutation(np.linspace(a, b - 1, n).astype(int))
+            chunks = [idx[i:i + t.batch_size].tolist() for i in range(0, n, t.batch_size)]
+            if len(chunks) > 1 and len(chunks[-1]) < t.batch_size // 2:
+                chunks = chunks[:-1]
+            batches += chunks
+        return batches
+
+    def train_dataloader(self):
+        from torch.utils.data import DataLoader
+
+        from ..data.multisession import collate_session_batch
+
+        t, tr = self.cfg.train, self.trainer
+        world, rank = (tr.world_size, tr.global_rank) if tr is not None else (1, 0)
+        per_session = -(-t.steps_per_epoch * world // self.train_ds.n_sessions)  # ceil: >= steps_per_epoch per rank
+        sampler = _epoch_batch_sampler(self.train_ds, t.batch_size, batches_per_session=per_session, seed=t.seed,
+                                      rank=rank, world_size=world)
+        return DataLoader(self.train_ds, batch_sampler=sampler, collate_fn=collate_session_batch)
+
+    def val_dataloader(self):
+        from torch.utils.data import DataLoader
+
+        from ..data.multisession import collate_session_batch
+
+        return DataLoader(self.val_ds, batch_sampler=self.val_batches, collate_fn=collate_session_batch)
+
+
+def _session_names(dirs: list[Path]) -> list[str]:
+    names = [d.name for d in dirs]
+    keys = [session_key(n) for n in names]
+    if len(set(keys)) != len(keys):
+        raise InputError("sessions", f"two dataset directories have the same name: {names}")
+    return names
+
+
+def _mean_log_rate(path: Path, heldin: np.ndarray) -> np.ndarray:
+    """log(mean count + 1e-3) of the held-in units over the train split, read in row chunks (bounded memory)."""
+    import h5py
+
+    from ..data.dataset import SPLITS
+
+    with h5py.File(path / "dataset.h5", "r") as h5:
+        counts, split = h5["counts"], h5["split"][()] == SPLITS.index("train")
+        total, n, step = np.zeros(len(heldin)), 0, 1 << 16
+        for a in range(0, counts.shape[0], step):
+            rows = counts[a:a + step][split[a:a + step]][:, heldin]
+            total += rows.sum(0)
+            n += rows.shape[0]
+    return np.log(total / max(n, 1) + 1e-3)
+
+
+def run_dir(out: Path, resume: bool) -> Path:
+    """Create ``out``; on a fresh run remove the checkpoints and logs of an earlier one (they would mix with this
+    run's). Only the process of global rank 0 (from the launcher's environment: RANK, LOCAL_RANK, SLURM_PROCID)
+    cleans, so ranks started by srun or Lightning's launcher do not delete what rank 0 is writing. Returns
+    ``out/last.ckpt``; InputError when resuming without it."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    last = out / "last.ckpt"
+    if resume and not last.is_file():
+        raise InputError(last, "nothing to resume from (no last.ckpt)")
+    out.mkdir(parents=True, exist_ok=True)
+    if not resume and getattr(rank_zero_only, "rank", 0) == 0:
+        shutil.rmtree(out / "logs", ignore_errors=True)
+        for name in ("last.ckpt", "best.ckpt"):
+            (out / name).unlink(missing_ok=True)
+    return last
+
+
+def teach_many(dataset_dirs: Sequence[str | os.PathLike], out_dir, cfg: TeacherConfig | None = None,
+               resume: bool = False, callbacks: list | None = None, full_eval: bool = True) -> Path | None:
+    """Train the multi-session teacher on the prepared datasets ``dataset_dirs`` and score each session.
+
+    Returns ``out_dir`` (layout in the module docstring); None on DDP ranks other than 0 (rank 0 evaluates).
+    ``metrics.json["teacher_multi"]``: ``sessions`` {name: the single teacher's ``"teacher"`` metrics on that
+    session (gt_r2, cobps, decoding, ...)}, ``mean_gt_r2``, ``train_seconds``, ``epochs``, ``global_step``,
+    ``best_val_loss``, ``world_size``, ``dataset_dirs``, ``config``.
+    resume: continue from ``out_dir/last.ckpt`` (same steps as an uninterrupted run); full_eval: False scores
+    only gt_r2 and the collapse metrics (:func:`evaluate_session`)."""
+    from lightning.pytorch.callbacks import EarlyStopping, TQDMProgressBar
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    from ..config import save_config, to_dict
+    from ..data.dataset import PreparedSession
+    from .train import _GoodCheckpoint, split_units
+
+    cfg = cfg or TeacherConfig()
+    dirs = [Path(d).resolve() for d in dataset_dirs]
+    if not dirs:
+        raise InputError("sessions", "no prepared dataset directory given")
+    names = _session_names(dirs)
+    if cfg.loss.regulariser not in ("sigreg", "vicreg", "none"):
+        raise InputError("loss.regulariser", f"'{cfg.loss.regulariser}' is not one of sigreg, vicreg, none")
+    if cfg.loss.target not in ("self", "ema"):
+        raise InputError("loss.target", f"'{cfg.loss.target}' is not one of self, ema")
+    if cfg.loss.state_readout or cfg.loss.replay_weight > 0:
+        # the replay pairs and per-state read-outs are built for one session's blocks (teacher/replay.py); across
+        # sessions the per-session read-in/read-out already absorbs each population's code: run without them
+        log.warning("teacher: loss.replay_weight and loss.state_readout are single-session options; "
+                    "the multi-session teacher runs without them")
+        cfg = copy.deepcopy(cfg)
+        cfg.loss.state_readout, cfg.loss.replay_weight = False, 0.0
+    out = Path(out_dir)
+    last = run_dir(out, resume)
+    torch.set_num_threads(cfg.train.threads)
+    t0 = time.perf_counter()
+    L.seed_everything(cfg.train.seed, workers=True, verbose=False)
+
+    sessions = {}
+    for name, d in zip(names, dirs):
+        ps = PreparedSession.load(d)
+        heldin, heldout = split_units(ps.n_units, cfg.eval.heldout_fraction, cfg.train.seed)
+        sessions[name] = dict(dataset_dir=str(d), n_units=int(ps.n_units), heldin=heldin.tolist(),
+                              heldout=heldout.tolist())
+    module = MultiSessionTeacher(cfg, {n: len(s["heldin"]) for n, s in sessions.items()},
+                                 {n: s["heldin"] for n, s in sessions.items()})
+    with torch.no_grad():  # each count read-out starts at its units' mean rate (as the single teacher)
+        for key, name, d in zip(module.keys, names, dirs):
+            bias = _mean_log_rate(d, np.asarray(sessions[name]["heldin"]))
+            module.net.count_readout[key].bias.copy_(torch.as_tensor(bias))
+    data = _MultiData(dirs, cfg, module.warm + cfg.train.window + cfg.model.horizon)
+
+    ckpt = _GoodCheckpoint(dirpath=out, filename="best", monitor="val_loss", mode="min", enable_version_counter=False)
+    periodic = _GoodCheckpoint(dirpath=out, filename="last", every_n_epochs=1, enable_version_counter=False)
+    cbs = [ckpt, periodic, EarlyStopping("val_loss", patience=cfg.train.patience, mode="min")]
+    if cfg.train.progress:
+        cbs.append(TQDMProgressBar(refresh_rate=10))
+    trainer = L.Trainer(default_root_dir=out, max_epochs=cfg.train.max_epochs, **trainer_kwargs(cfg.train),
+                        deterministic=True, callbacks=cbs + list(callbacks or []), gradient_clip_val=1.0,
+                        logger=[CSVLogger(out, name="logs", version="csv"),
+                                TensorBoardLogger(out, name="logs", version="tb")],
+                        log_every_n_steps=10, num_sanity_val_steps=0, enable_progress_bar=cfg.train.progress,
+                        enable_model_summary=False, use_distributed_sampler=False)
+    if trainer.is_global_zero:
+        save_config(cfg, out / "config.yaml")
+        with atomic_path(out / "sessions.json") as tmp:
+            tmp.write_text(json.dumps(sessions, indent=1))
+    trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None)
+    if module.diverged_at is not None:
+        raise InputError("teacher", f"training diverged (non-finite loss or gradient at step {module.diverged_at}); "
+                                    f"the last good checkpoint is {last}; try a lower train.lr")
+    if not trainer.is_global_zero:
+        return None
+    train_s = time.perf_counter() - t0
+
+    best = out / "best.ckpt"
+    state = torch.load(best if best.is_file() else last, map_location="cpu", weights_only=True)["state_dict"]
+    module.load_state_dict(state)
+    net = module.net.cpu().eval()
+    per_session = {}
+    (out / "latents").mkdir(exist_ok=True)
+    for key, name in zip(module.keys, names):
+        s = sessions[name]
+        ps = PreparedSession.load(s["dataset_dir"])
+        counts = ps.load_counts()
+        heldin, heldout = np.asarray(s["heldin"]), np.asarray(s["heldout"])
+        z = net.encode_long(np.ascontiguousarray(counts[:, heldin]), key).numpy().astype(np.float32)
+        per_session[name] = evaluate_session(net, z, ps, counts, heldin, heldout, cfg, full_eval)
+        write_latents(out / "latents" / f"{name}.npz", z, ps, s["dataset_dir"], heldin, heldout)
+        del counts
+    metrics = dict(sessions=per_session,
+                   mean_gt_r2=float(np.mean([m["gt_r2"] for m in per_session.values()]))
+                   if all("gt_r2" in m for m in per_session.values()) else None,
+                   train_seconds=round(train_s, 2), epochs=int(trainer.current_epoch),
+                   global_step=int(trainer.global_step), world_size=int(trainer.world_size),
+                   best_val_loss=float(ckpt.best_model_score) if ckpt.best_model_score is not None else None,
+                   dataset_dirs=[str(d) for d in dirs], config=to_dict(cfg))
+    with atomic_path(out / "metrics.json") as tmp:
+        tmp.write_text(json.dumps({"teacher_multi": metrics}, indent=2, default=float))
+    log.info("teacher_multi: done in %.1f s (train %.1f s)", time.perf_counter() - t0, train_s)
+    return out
+
+
+def evaluate_session(net, z: np.ndarray, session, counts: np.ndarray, heldin: np.ndarray, heldout: np.ndarray,
+                     cfg: TeacherConfig, full: bool = True) -> dict:
+    """The single teacher's metrics of one session (:func:`~neurojepa.teacher.evaluate.evaluate_teacher`);
+    ``full=False``: only the collapse metrics and gt_r2 (no cobps GLM, decoding or baselines: ~10 s less per
+    session, for tests and quick looks)."""
+    from .evaluate import evaluate_teacher, score_latents, session_context
+
+    if full:
+        return evaluate_teacher(net, z, session, counts, heldin, heldout, cfg)
+    ctx = session_context(session, counts, heldout, cfg.eval.flash_window_ms)
+    ctx.update(heldout_counts=None, labels=None)
+    return score_latents(z, ctx) | dict(n_heldin_units=int(len(heldin)), n_heldout_units=int(len(heldout)))
+
+
+def write_latents(path: Path, z: np.ndarray, session, dataset_dir: str, heldin: np.ndarray,
+                  heldout: np.ndarray) -> None:
+    """The single teacher's ``latents.npz`` layout (latents (n_bins, D) float32, bin_size, t_start, ...)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, latents=z, bin_size=float(session.bin_size), t_start=float(session.t_start),
+                     dataset_dir=str(dataset_dir), heldin_units=heldin, heldout_units=heldout,
+                     embed_dim=int(z.shape[1]))

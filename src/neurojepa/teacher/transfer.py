@@ -1,0 +1,189 @@
+"""Transfer a trained multi-session teacher to a new session: fit only its read-in (and count read-out).
+
+``transfer(dataset_dir, teacher_dir, out_dir)`` loads the teacher written by
+:func:`~neurojepa.teacher.multisession.teach_many`, adds the new session to the net, freezes everything shared
+(smoother, TCN, head, linear path, predictor, the other sessions' maps) and fits the new session's read-in and
+Poisson count read-out with the single teacher's loss (views, SIGReg, count anchor: :meth:`TeacherModule.losses`)
+on its train blocks. It then scores the new session on its test blocks with the single-session metrics.
+
+Decisions (docs/scale.md):
+
+- **A plain loop, not Lightning**: a few hundred steps over two small linear maps of one session, single
+  process. Windows are cut from counts in memory and drawn state-balanced by the single teacher's sampler
+  (:class:`~neurojepa.teacher.train.EpochSampler`, seeded), so the run is reproducible.
+- **Held-out units** as in the single teacher (:func:`~neurojepa.teacher.train.split_units`, teacher seed):
+  the read-in sees held-in units only; held-out units score co-smoothing.
+- **Null**: the same frozen model with the new read-in as initialised (seeded, unfitted): how much of gt_r2 the
+  frozen encoder gives any random projection of the counts. Transfer is worth it when the fitted read-in beats it.
+- **Steps it took**: gt_r2 is measured every ``eval_every`` steps (ridge on all bins' latents, fit on train
+  blocks, scored on test blocks); ``steps_to_final`` is the first measured step within 0.01 of the final gt_r2.
+
+Outputs in ``out_dir``: ``metrics.json`` (``"transfer"``), ``readin.pt`` (the fitted read-in and read-out
+tensors, load with ``weights_only=True``), ``latents.npz`` (the single teacher's layout).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import InputError, atomic_path
+
+log = logging.getLogger(__name__)
+
+
+def load_multisession_teacher(teacher_dir, extra: dict[str, list[int]] | None = None):
+    """(module, cfg, sessions) of a ``teach_many`` output directory (best.ckpt, else last.ckpt).
+
+    extra: {new session name: its held-in unit indices}, sessions added with freshly initialised maps (drawn
+    from the global torch RNG: seed it first). sessions: the teacher's ``sessions.json``."""
+    from ..config import load_config
+    from .config import TeacherConfig
+    from .multisession import MultiSessionTeacher
+
+    tdir = Path(teacher_dir)
+    if not (tdir / "sessions.json").is_file() or not (tdir / "config.yaml").is_file():
+        raise InputError(tdir, "not a multi-session teacher directory (no sessions.json / config.yaml); "
+                               "run `neurojepa teach DIR1 DIR2 ... --out DIR`")
+    ckpt = next((tdir / n for n in ("best.ckpt", "last.ckpt") if (tdir / n).is_file()), None)
+    if ckpt is None:
+        raise InputError(tdir, "no best.ckpt or last.ckpt: the teacher has not finished an epoch")
+    cfg = load_config(TeacherConfig, tdir / "config.yaml")
+    sessions = json.loads((tdir / "sessions.json").read_text())
+    heldin = {n: s["heldin"] for n, s in sessions.items()}
+    heldin.update(extra or {})
+    module = MultiSessionTeacher(cfg, {n: len(h) for n, h in heldin.items()}, heldin)
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    new_keys = {module.keys[module.names.index(n)] for n in (extra or {})}
+    stray = [k for k in missing if not any(k.endswith(f"_{nk}") or f".{nk}." in k for nk in new_keys)]
+    if stray or unexpected:
+        raise InputError(ckpt, f"checkpoint does not match the teacher's config (missing {stray[:3]}, "
+                               f"unexpected {list(unexpected)[:3]})")
+    return module, cfg, sessions
+
+
+def transfer(dataset_dir, teacher_dir, out_dir, steps: int = 300, lr: float = 1e-2, eval_every: int = 50,
+             baselines: bool = False, seed: int | None = None, full_eval: bool = True) -> Path:
+    """Fit a new session's read-in to the frozen multi-session teacher in ``teacher_dir``; returns ``out_dir``.
+
+    dataset_dir: the new session's prepared directory; steps: optimiser steps (batch ``train.batch_size`` of the
+    teacher's config); lr: AdamW learning rate (1e-2: two linear maps; at the teacher's 3e-3 the
+    same final gt_r2 took 2-3x the steps, docs/scale.md); eval_every: gt_r2 every so
+    many steps (0: only at the end); baselines: also score PCA/raw/FA on the new session; seed: default the
+    teacher's; full_eval: False scores gt_r2 and collapse metrics only (also for the null).
+    ``metrics.json["transfer"]``: the single teacher's metrics of the new session (gt_r2, cobps, decoding, ...)
+    plus ``steps``, ``fit_seconds``, ``gt_r2_curve`` {step: gt_r2}, ``steps_to_final``, ``null`` (gt_r2 and
+    decoding with the unfitted read-in), ``session``, ``teacher_dir``, ``dataset_dir``."""
+    from torch.utils.data import DataLoader
+
+    from ..config import load_config
+    from ..data.dataset import PreparedSession
+    from ..metrics.latent import ridge_r2
+    from .config import TeacherConfig
+    from .evaluate import score_latents, session_context
+    from .multisession import evaluate_session, session_key, write_latents
+    from .train import EpochSampler, Windows, _segments_with_states, split_units
+
+    if steps < 1:
+        raise InputError("steps", f"must be >= 1, got {steps}")
+    t0 = time.perf_counter()
+    ps = PreparedSession.load(dataset_dir)
+    tdir = Path(teacher_dir)
+    if not (tdir / "config.yaml").is_file():
+        raise InputError(tdir, "not a multi-session teacher directory (no config.yaml)")
+    cfg0 = load_config(TeacherConfig, tdir / "config.yaml")
+    seed = cfg0.train.seed if seed is None else int(seed)
+    heldin, heldout = split_units(ps.n_units, cfg0.eval.heldout_fraction, seed)
+    known = json.loads((tdir / "sessions.json").read_text()) if (tdir / "sessions.json").is_file() else {}
+    name = "new_" + Path(dataset_dir).resolve().name
+    while session_key(name) in {session_key(n) for n in known}:
+        name += "_"
+    torch.manual_seed(seed)
+    module, cfg, _ = load_multisession_teacher(tdir, {name: heldin.tolist()})
+    cfg.eval.baselines = bool(baselines)
+    torch.set_num_threads(cfg.train.threads)
+    key = module.keys[module.names.index(name)]
+    module.session = key
+    net = module.net
+    counts = ps.load_counts()
+    x = np.ascontiguousarray(counts[:, heldin])
+    with torch.no_grad():  # the count read-out starts at the units' mean rate, as in training
+        net.count_readout[key].bias.copy_(torch.as_tensor(np.log(x.mean(0) + 1e-3)))
+    net.requires_grad_(False)
+    trainable = [*net.readin[key].parameters(), *net.count_readout[key].parameters()]
+    for p in trainable:
+        p.requires_grad_(True)
+
+    ctx = session_context(ps, counts, heldout, cfg.eval.flash_window_ms)
+    split = ctx["split"]
+    gt = ctx["gt"]
+
+    def encode() -> np.ndarray:
+        net.eval()
+        return net.encode_long(x, key).numpy().astype(np.float32)
+
+    def gt_r2(z: np.ndarray) -> float | None:
+        return float(ridge_r2(z, gt, split == "train", split == "test")) if gt is not None else None
+
+    z_null = encode()
+    null_ctx = {k: v for k, v in ctx.items() if k != "heldout_counts"}  # gt_r2 and decoding; cobps is slow
+    if not full_eval:
+        null_ctx["labels"] = None
+    null = score_latents(z_null, null_ctx, collapse=False)
+    null = {k: null[k] for k in ("gt_r2", "decoding") if k in null}
+    curve = {0: gt_r2(z_null)}
+
+    length = module.warm + cfg.train.window + cfg.model.horizon
+    segs, states = _segments_with_states(ps, "train")
+    ds = Windows(x, segs, length, cfg.train.stride, states)
+    if len(ds) == 0:
+        raise InputError(dataset_dir, f"too little train data for windows of {length} bins")
+    sampler = EpochSampler(ds.states, steps * cfg.train.batch_size, seed)
+    loader = DataLoader(ds, batch_size=cfg.train.batch_size, sampler=sampler, drop_last=True)
+    opt = torch.optim.AdamW(trainable, lr=lr, weight_decay=cfg.train.weight_decay)
+    eval_s, losses = 0.0, {}
+    t1 = time.perf_counter()
+    for step, xb in enumerate(loader, start=1):  # fit_seconds: this loop's wall time less the gt_r2 checks
+        net.train()
+        out = module.losses(xb, module._views(xb, step), step)
+        if not torch.isfinite(out["loss"]):
+            raise InputError("transfer", f"non-finite loss at step {step}; try a lower lr")
+        opt.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        opt.step()
+        if step % 25 == 0 or step == steps:
+            losses[step] = round(float(out["loss"].detach()), 5)
+        if eval_every and step % eval_every == 0 and step != steps:
+            t2 = time.perf_counter()
+            curve[step] = gt_r2(encode())
+            eval_s += time.perf_counter() - t2
+    fit_s = time.perf_counter() - t1 - eval_s
+    z = encode()
+    curve[steps] = gt_r2(z)
+    metrics = evaluate_session(net, z, ps, counts, heldin, heldout, cfg, full_eval)
+    final = curve[steps]
+    steps_to_final = (min(s for s, r in curve.items() if r is not None and r >= final - 0.01)
+                      if final is not None else None)
+    metrics.update(session=name, dataset_dir=str(Path(dataset_dir).resolve()), teacher_dir=str(tdir.resolve()),
+                   steps=int(steps), fit_seconds=round(fit_s, 2), total_seconds=round(time.perf_counter() - t0, 2),
+                   lr=float(lr), batch_size=int(cfg.train.batch_size),
+                   gt_r2_curve=curve, steps_to_final=steps_to_final, train_loss=losses, null=null)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_dir / "readin.pt") as tmp:
+        torch.save({f"readin.{k}": v.detach().clone() for k, v in net.readin[key].state_dict().items()}
+                   | {f"count_readout.{k}": v.detach().clone() for k, v in net.count_readout[key].state_dict().items()}
+                   | {"heldin": torch.as_tensor(heldin)}, tmp)
+    write_latents(out_dir / "latents.npz", z, ps, str(Path(dataset_dir).resolve()), heldin, heldout)
+    with atomic_path(out_dir / "metrics.json") as tmp:
+        tmp.write_text(json.dumps({"transfer": metrics}, indent=2, default=float))
+    log.info("transfer: %d steps in %.1f s, gt_r2 %.3f (null %.3f)", steps, fit_s, final or float("nan"),
+             null.get("gt_r2", float("nan")))
+    return out_dir
