@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.stats import poisson
 
-from neurojepa.metrics.cobps import bits_per_spike, cobps, poisson_nll
+from neurojepa.metrics.cobps import bits_per_spike, cobps, cobps_per_group, poisson_nll
 from neurojepa.metrics.decoding import decode, flash_features, flash_onsets
 from neurojepa.metrics.latent import cross_state_r2, forecast_r2, per_dim_std, rankme, ridge_r2
 
@@ -59,6 +59,23 @@ def test_cobps_glm_recovers_log_linear_rates():
     truth = bits_per_spike(rates[~train], y[~train])
     assert fitted == pytest.approx(truth, abs=0.01)
     assert abs(cobps(rng.standard_normal((n, 3)), y, train, ~train)) < 0.01
+
+
+def test_cobps_per_group_fits_a_read_out_per_state():
+    """Latents whose read-out flips sign between two states: one GLM across states cannot predict the held-out
+    units, one per state recovers the true rates' score; with a single group both definitions agree."""
+    n = 20000
+    z = rng.standard_normal((n, 3))
+    state = np.where(np.arange(n) % 4000 < 2000, "active", "passive")  # alternating blocks of both states
+    w = rng.standard_normal((3, 6)) * 0.6
+    rates = np.exp(np.log(0.2) + np.where((state == "active")[:, None], z @ w, -(z @ w)))
+    y = rng.poisson(rates)
+    train = np.arange(n) % 2000 < 1500
+    truth = bits_per_spike(rates[~train], y[~train])
+    assert cobps_per_group(z, y, train, ~train, state) == pytest.approx(truth, abs=0.01)
+    assert cobps(z, y, train, ~train) < truth - 0.1
+    one = np.full(n, "all")
+    assert cobps_per_group(z, y, train, ~train, one) == pytest.approx(cobps(z, y, train, ~train), abs=1e-9)
 
 
 def test_decode_separable_and_chance():

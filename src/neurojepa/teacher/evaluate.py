@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..metrics.cobps import cobps as cobps_score
+from ..metrics.cobps import cobps_per_group
 from ..metrics.decoding import compare_states as _compare_states
 from ..metrics.decoding import decoding_report
 from ..metrics.latent import cross_state_r2, forecast_r2, per_dim_std, rankme, ridge_r2
@@ -57,6 +58,8 @@ def score_latents(z: np.ndarray, ctx: dict, *, collapse: bool = True) -> dict:
             out.update(gt_r2_cross_state=cross["mean"], gt_r2_cross_state_pairs=cross)
     if ctx.get("heldout_counts") is not None and ctx["heldout_counts"].shape[1] > 0:
         out["cobps"] = cobps_score(z, ctx["heldout_counts"], train, test)
+        if len(np.unique(ctx["state"][test])) > 1:  # one GLM per state as well (metrics/cobps.py says why)
+            out["cobps_per_state"] = cobps_per_group(z, ctx["heldout_counts"], train, test, ctx["state"])
     if ctx.get("labels") is not None:
         out["decoding"] = decoding_report(z, ctx["labels"], split, ctx["bin_size"], ctx.get("flash_window_ms", 250.0),
                                           train_states=tr_states, test_states=te_states)
