@@ -25,7 +25,7 @@ def main() -> None:
     ap.add_argument("--out", default="runs/bench_teacher")
     ap.add_argument("--cebra-iterations", type=int, default=2000)
     ap.add_argument("overrides", nargs="*")
-    args = ap.parse_args()
+    args = ap.parse_intermixed_args()
     torch.set_num_threads(1)
 
     from neurojepa.config import load_config

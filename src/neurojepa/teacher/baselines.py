@@ -3,7 +3,8 @@
 - ``raw``: causally smoothed counts of the held-in units (exponential filter, ``smooth_ms``): the floor.
 - ``pca``: PCA of those smoothed counts, fit on train bins, as many dims as the teacher's latent.
 - ``fa``: factor analysis (same dims), for gt_r2 only (it is the classical latent-variable model).
-- ``cebra``: CEBRA time-contrastive (``cebra`` in the optional ``bench`` extra), when installed.
+- ``cebra``: CEBRA time-contrastive (``cebra`` in the optional ``bench`` extra), when asked for (``eval.cebra``)
+  and installed.
 
 Smoothing is causal, like the teacher's encoder, so no baseline sees the future.
 """
@@ -33,7 +34,7 @@ def _fit_rows(train: np.ndarray, cap: int) -> np.ndarray:
 
 
 def baseline_latents(counts: np.ndarray, train: np.ndarray, bin_size: float, dims: int, smooth_ms: float = 50.0,
-                     seed: int = 0, with_fa: bool = True, with_cebra: bool = True) -> dict[str, np.ndarray]:
+                     seed: int = 0, with_fa: bool = True, with_cebra: bool = False) -> dict[str, np.ndarray]:
     """Baseline features for every bin: {name: (n_bins, dims_or_U) float32}.
 
     counts: (n_bins, U) held-in counts; train: (n_bins,) bool mask of the bins models may be fit on.

@@ -78,7 +78,8 @@ class EvalConfig:
     heldout_fraction: float = 0.2      # units hidden from the encoder, for co-smoothing
     smooth_ms: float = 50.0            # causal exponential smoothing of counts for the baselines
     flash_window_ms: float = 250.0     # decoding features: mean latent over this window after flash onset
-    baselines: bool = True             # score PCA, raw counts, FA (and CEBRA when installed) beside the teacher
+    baselines: bool = True             # score PCA, raw counts and FA beside the teacher
+    cebra: bool = False                # also train CEBRA-Time as a baseline (needs the bench extra; minutes of CPU)
 
 
 @dataclass

@@ -101,7 +101,7 @@ def evaluate_teacher(net, z: np.ndarray, session, counts: np.ndarray, heldin: np
     if cfg.eval.baselines:
         fit = (ctx["split"] == "train") & (np.isin(ctx["state"], train_states) if train_states else True)
         base = baseline_latents(counts[:, heldin], fit, ctx["bin_size"], z.shape[1],
-                                cfg.eval.smooth_ms, cfg.train.seed)
+                                cfg.eval.smooth_ms, cfg.train.seed, with_cebra=cfg.eval.cebra)
         out["baselines"] = {}
         for name, feats in base.items():
             if name == "fa":  # the classical latent model: compared on ground-truth recovery only
