@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from neurojepa.report import figures as F
-from neurojepa.report.build import (REPORT_DATA_KEYS, build_report, find_csv_logs, mapped_stretch, read_curves,
-                                    write_report_data)
+from neurojepa.report.build import build_report, find_csv_logs, mapped_stretch, read_curves
+from neurojepa.student.report_data import REPORT_DATA_KEYS, write_report_data
 from neurojepa.report.html import NOT_AVAILABLE, table
 from neurojepa.report.targets import FAIL, NA, PASS, TARGETS, evaluate_targets
 

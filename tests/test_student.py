@@ -15,7 +15,8 @@ from neurojepa.student.homeostasis import band_penalty, rates_hz
 from neurojepa.student.network import StudentNet
 from neurojepa.student.synthetic import synthetic_session
 
-SMALL = dict(n_exc=24, n_inh=6, window=8, burn_in=2, batch_size=4, eval_chunk=40, eval_spike_chunks=4, val_every=5)
+SMALL = dict(n_exc=24, n_inh=6, window=8, burn_in=2, batch_size=4, eval_chunk=40, eval_spike_chunks=4, val_every=5,
+             readout_refit_steps=20, readout_refit_batch=1024)
 
 
 def _net(seed=0, **kw):
@@ -28,8 +29,10 @@ def _net(seed=0, **kw):
     return net, x, torch.tensor(lat[:120].reshape(4, 30, 3))
 
 
-def test_fast_network_equals_snntorch_reference():
-    net, x, _ = _net()
+@pytest.mark.parametrize("kw", [dict(adapt_strength=0.0, readout_taus=[0.05]),
+                                dict(adapt_strength=0.2, readout_taus=[0.01, 0.03, 0.1])])
+def test_fast_network_equals_snntorch_reference(kw):
+    net, x, _ = _net(**kw)
     grads, spikes = [], []
     for fwd in (net.forward, net.forward_reference):
         torch.manual_seed(1)  # same background noise
@@ -81,7 +84,7 @@ def test_dale_holds_after_training_steps_and_init_is_balanced():
     assert dale_violations(net.rec.weight, sign) == 0
     assert (net.inp.weight >= 0).all() and (net.readout.weight >= 0).all()
     assert (net.rec.weight[:, net.n_exc:] <= 0).all() and (net.rec.weight[:, : net.n_exc] >= 0).all()
-    assert net.readout.weight.shape[1] == net.n_exc  # the readout sees E neurons only
+    assert net.readout.weight.shape[1] == net.n_exc * len(net.cfg.readout_taus)  # E neurons only, per filter
 
 
 def test_unconstrained_network_can_break_dale():
@@ -91,6 +94,42 @@ def test_unconstrained_network_can_break_dale():
     (-(out["readout"] * lat).sum() + out["spikes"].sum()).backward()
     opt.step()
     assert dale_violations(net.rec.weight, neuron_signs(net.n_exc, net.n_inh)) > 0
+
+
+def test_adaptation_slows_firing_under_constant_drive():
+    """Spike-frequency adaptation: under a constant supra-threshold drive, an adapting E neuron's ISIs lengthen
+    to the mean-field adapted period; I neurons do not adapt (identical spikes)."""
+    x = torch.zeros(1, 30, 20)
+    isi, spikes = {}, {}
+    for strength in (0.0, 0.05):
+        net, _, _ = _net(noise_std=0.0, adapt_strength=strength, adapt_tau=0.1)
+        with torch.no_grad():
+            net.inp.bias.fill_(0.15)  # constant drive ~3 rheobases (E), no input, no noise, weak recurrence
+            net.rec.parametrizations.weight.original.zero_()
+        s = net.simulate(x)["spikes"][:, 0].numpy()  # (300 steps, N)
+        spikes[strength] = s
+        t = np.flatnonzero(s[:, 0])
+        isi[strength] = np.diff(t)
+    # independent mean-field answer: a neuron driven by a constant current I reaches theta = 1 from ~0 after
+    # ln(U_inf / (U_inf - 1)) / ln(1 / beta) steps, U_inf = I / (1 - beta), plus n_ref gated steps; with adaptation
+    # I = drive - A, A = strength * rheobase * rate_hz, solved self-consistently for the period
+    beta = float(net.beta[0])
+    rheo = 1 - beta
+
+    def period(drive):
+        u_inf = drive / rheo
+        return net.n_ref + np.log(u_inf / (u_inf - 1)) / np.log(1 / beta)
+
+    lo, hi = 10.0, 200.0
+    for _ in range(60):  # bisection on T - period(T)
+        mid = (lo + hi) / 2
+        a_ss = 0.05 * rheo * 1000.0 / mid
+        lo, hi = (mid, hi) if 0.15 - a_ss <= rheo or mid < period(0.15 - a_ss) else (lo, mid)
+    assert isi[0.0].max() - isi[0.0].min() <= 1  # without adaptation: a clock (up to the reset's residue)
+    assert isi[0.0].mean() == pytest.approx(period(0.15), rel=0.1)
+    assert isi[0.05][-1] > 2 * isi[0.05][0]  # adapting: intervals lengthen ...
+    assert isi[0.05][-4:].mean() == pytest.approx(lo, rel=0.1)  # ... to the self-consistent adapted period
+    np.testing.assert_array_equal(spikes[0.05][:, 24:], spikes[0.0][:, 24:])  # I neurons do not adapt
 
 
 def test_band_penalty_known_values():
@@ -111,9 +150,38 @@ def test_spiking_statistics_known_answers():
     clock[0, ::50, 0] = 1
     assert spiking.cv_isi(clock)[0] == pytest.approx(0.0)
     assert np.isnan(spiking.cv_isi(clock)[1])
+    np.testing.assert_allclose(spiking.lv_isi(poisson), 1.0, atol=0.1)  # LV of a Poisson train: 1
+    assert spiking.lv_isi(clock)[0] == pytest.approx(0.0) and np.isnan(spiking.lv_isi(clock)[1])
+    slow = rng.random((4, 20000, 3)) < np.where(np.arange(20000) // 2000 % 2, 0.002, 0.05)[None, :, None]
+    assert (spiking.cv_isi(slow) > 2).all()  # slow rate modulation inflates the pooled CV of ISI ...
+    np.testing.assert_allclose(spiking.lv_isi(slow), 1.0, atol=0.15)  # ... but not the local variation
     assert spiking.silent_saturated(np.array([0.0, 10.0, 300.0])) == (1, 1)
     e = rng.normal(size=(500, 3))
     np.testing.assert_allclose(spiking.ei_current_correlation(e, -(2 * e + 20)), 1.0)  # inhibition tracks excitation
+
+
+def test_readout_refit_recovers_a_linear_map_and_keeps_dale():
+    """Refit on features that carry the targets through a mixed-sign linear map: the non-negative readout reaches
+    a high held-out CCA (CCA's invariance to invertible maps lets positive weights express it) from a poor start."""
+    from neurojepa.metrics.cca import heldout_cca
+    from neurojepa.student.readout_fit import refit_readout
+
+    cfg = StudentConfig(n_exc=10, n_inh=3, readout_taus=[0.01, 0.03, 0.1], readout_refit_steps=150,
+                        readout_refit_batch=2000, readout_refit_lr=0.05)
+    net = StudentNet(5, 3, cfg)
+    rng = np.random.default_rng(0)
+    feats = rng.gamma(2.0, 1.0, (6000, 30)).astype(np.float32)
+    targets = (feats @ rng.normal(size=(30, 3)) + 0.3 * rng.normal(size=(6000, 3))).astype(np.float32)
+
+    def score():
+        with torch.no_grad():
+            z = net.readout(torch.from_numpy(feats)).numpy()
+        return heldout_cca(z[:4000], targets[:4000], z[4000:], targets[4000:]).mean()
+
+    before = score()
+    refit_readout(net, feats, targets, np.arange(4000), cfg)
+    assert score() > 0.9 > before + 0.1
+    assert (net.readout.weight >= 0).all()
 
 
 class _FakePrepared:
@@ -146,7 +214,7 @@ def test_distill_end_to_end(tmp_path, monkeypatch):
     m = json.loads((out / "metrics.json").read_text())["student"]
     for key in ("cca_heldout", "cca_heldout_mean", "cca_null_mean", "rate_hz_median", "rate_hz_median_exc",
                 "rate_hz_median_inh", "frac_in_band", "cv_isi_median", "fano_median", "n_silent", "n_saturated",
-                "dale_violations", "n_exc", "n_inh", "ei_current_corr_median"):
+                "dale_violations", "n_exc", "n_inh", "ei_current_corr_median", "lv_median"):
         assert key in m, key
     assert m["dale_violations"] == 0 and m["n_exc"] == 24
     assert m["cca_heldout_mean"] > 0.4 > abs(m["cca_null_mean"])  # learns something real in 20 steps

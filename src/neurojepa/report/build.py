@@ -9,7 +9,7 @@ Inputs (each optional; what is missing is shown as "not available", never faked)
     run_dir/teacher/latents.npz    latents (n_bins, D) for every bin, bin_size, t_start
     run_dir/teacher/**/metrics.csv Lightning CSVLogger training logs
     run_dir/student/readout.npz    readout (n_bins, D): the student's latents for every bin
-    run_dir/student/report_data.npz  what only the student's simulation knows (keys in :data:`REPORT_DATA_KEYS`)
+    run_dir/student/report_data.npz  what only the student's simulation knows (keys: student/report_data.py)
     run_dir/student/**/metrics.csv training logs
 
 "Reading results" includes cheap linear read-outs of saved arrays: the teacher-vs-ground-truth trajectories are a
@@ -40,17 +40,6 @@ from .targets import NA, PASS, dig, evaluate_targets, number
 
 log = logging.getLogger(__name__)
 
-# student/report_data.npz: written by the student stage for the report. Shapes: T raster steps, N neurons (E first).
-REPORT_DATA_KEYS = {
-    "raster_t": "(T,) float s, times of the raster steps (held-out input)",
-    "raster_exc": "(T, n_show_E) bool, spikes of a sample of E neurons",
-    "raster_inh": "(T, n_show_I) bool, spikes of a sample of I neurons",
-    "rates_hz": "(N,) float Hz, rate of every neuron on held-out data",
-    "is_exc": "(N,) bool, True for excitatory neurons",
-    "cv_isi": "(N,) float, CV of ISI per neuron (NaN: too few spikes)",
-    "w_rec": "(N, N) float, signed recurrent weights W[post, pre], E first",
-    "cca_null": "(D,) float, held-out canonical correlations against time-shifted teacher latents",
-}
 BASELINE_ORDER = ("pca", "raw", "fa", "cebra")
 TRAJECTORY_S = 4.0  # length of the test stretch drawn in trajectory figures
 
@@ -115,26 +104,6 @@ def read_curves(*csvs: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
             if ok.any():
                 out[col] = (df.loc[ok, "step"].to_numpy(float), df.loc[ok, col].to_numpy(float))
     return out
-
-
-def write_report_data(path: str | Path, **arrays: np.ndarray) -> Path:
-    """Write ``student/report_data.npz`` (for the student stage): only keys of :data:`REPORT_DATA_KEYS`, shapes
-    checked against each other, atomically."""
-    unknown = set(arrays) - set(REPORT_DATA_KEYS)
-    if unknown:
-        raise ValueError(f"unknown report_data keys {sorted(unknown)}; known: {sorted(REPORT_DATA_KEYS)}")
-    a = {k: np.asarray(v) for k, v in arrays.items()}
-    n = {len(a[k]) for k in ("rates_hz", "is_exc", "cv_isi") if k in a} | (
-        set(a["w_rec"].shape) if "w_rec" in a else set())
-    if len(n) > 1:
-        raise ValueError(f"rates_hz, is_exc, cv_isi and w_rec disagree on the number of neurons: {sorted(n)}")
-    t = {len(a[k]) for k in ("raster_t", "raster_exc", "raster_inh") if k in a}
-    if len(t) > 1:
-        raise ValueError(f"raster_t, raster_exc and raster_inh disagree on the number of steps: {sorted(t)}")
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez_compressed(f, **a)
-    return Path(path)
 
 
 def _open_prepared(run_dir: Path):

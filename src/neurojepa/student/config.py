@@ -1,13 +1,15 @@
 """The student's options, defaults in one place (typed; loaded with :func:`neurojepa.config.load_config`).
 
 Budget-driven defaults (see docs/student.md): 1 ms physical step, 10 sub-steps per 10 ms bin, training windows of
-32 bins (320 steps) after an 8-bin burn-in, batch 32, a wall-clock cap, so that distillation + evaluation of the
-default session fits in ~2-3 min on 2 CPU cores.
+32 bins (320 steps) after an 8-bin burn-in, batch 32, 350 steps at lr 0.01 and a wall-clock cap, then a readout
+refit, so that distillation + evaluation of the default session with the ablation fits in ~4 min on 2 CPU cores.
+Fast spike-frequency adaptation and the burst penalty keep the CV of ISI in band as training sharpens tuning; four
+readout filters (10, 30, 100, 300 ms) serve fast and slow teacher components (measurements in docs/student.md).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -22,29 +24,37 @@ class StudentConfig:
     threshold: float = 1.0  # membrane threshold (dimensionless; reset subtracts it)
     surrogate: str = "fast_sigmoid"  # or "atan"
     surrogate_slope: float = 25.0  # fast_sigmoid slope / atan alpha
-    tau_readout: float = 0.050  # s, low-pass filter of E spikes feeding the readout
+    readout_taus: list[float] = field(default_factory=lambda: [0.01, 0.03, 0.1, 0.3])  # s, low-pass filters of E spikes feeding the readout (one copy of the E counts per tau)
     # constraints and initialisation
     dale: bool = True  # enforce Dale's principle by parametrisation (False: the unconstrained ablation)
     p_connect: float = 1.0  # fixed sparse recurrent connection mask when < 1
     spectral_radius: float = 0.3  # of W_rec * tau_mem_exc / dt (the rate-level loop gain) at init
     input_gain: float = 0.3  # std of the input current fluctuation at init (per step, threshold units x 10)
-    noise_std: float = 0.3  # private white background current per step (threshold units); 0 = deterministic
+    adapt_strength: float = 0.25  # spike-frequency adaptation of E neurons: steady current per Hz, in rheobases; 0 = off
+    adapt_tau: float = 0.02  # s, decay of the adaptation current
+    noise_std: float = 0.3  # std of the private background current per step (threshold units); 0 = deterministic
+    noise_tau: float = 0.0  # s, correlation time of the background noise (Ornstein-Uhlenbeck); 0 = white
     target_rate_hz: float = 10.0  # initial bias aims here
     # losses
     rate_low_hz: float = 5.0  # lower edge of the homeostatic band (Hz)
     rate_high_hz: float = 20.0  # upper edge of the homeostatic band (Hz)
-    homeostasis_weight: float = 0.3  # per Hz^2, mean over neurons
+    homeostasis_weight: float = 1.5  # per Hz^2, mean over neurons
     homeostasis_per_window: bool = False  # rates per batch window (bounds modulation depth) or pooled over the batch
+    rate_floor_hz: float = 0.0  # per-window lower rate bound (Hz, weight homeostasis_weight); 0 = off
+    burst_weight: float = 4.0  # penalty on the fraction of spikes beyond one per neuron per bin (bursts); 0 = off
     l1_weight: float = 0.0  # optional L1 weight sparsity penalty
     ridge: float = 1e-3  # CCA ridge (fraction of the mean eigenvalue added to covariances)
     # training
     window: int = 32  # bins in the loss
     burn_in: int = 8  # bins run before the loss window (state transient, excluded)
     batch_size: int = 32  # windows per training step
-    lr: float = 3e-3  # Adam learning rate
-    max_steps: int = 150  # training steps (the wall-clock cap may stop earlier)
+    lr: float = 1e-2  # Adam learning rate
+    max_steps: int = 350  # training steps (the wall-clock cap may stop earlier)
     max_minutes: float = 2.5  # wall-clock safety cap on training (max_steps is the intended stop)
     val_every: int = 50  # steps between validation (and last.ckpt)
+    readout_refit_steps: int = 150  # after training: readout-only CCA steps on all training bins (0 = off)
+    readout_refit_batch: int = 16384  # bins per readout-refit step
+    readout_refit_lr: float = 0.01  # Adam learning rate of the readout refit
     seed: int = 0  # everything random in training and evaluation derives from it
     # evaluation
     eval_chunk: int = 200  # bins per evaluation chunk (plus burn_in)

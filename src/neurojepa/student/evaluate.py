@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 def _run_chunks(net: StudentNet, counts: np.ndarray, starts: np.ndarray, chunk: int, burn_in: int,
                 record_currents: bool = False) -> dict[str, np.ndarray]:
     """Simulate chunks [s - burn_in, s + chunk) (zero-padded at the ends) in one batch; returns readout
-    (B, chunk, D) and spikes (B, chunk * substeps, N) uint8 without the burn-in (and currents if asked)."""
+    (B, chunk, D), the readout's input features (B, chunk, K * n_exc) and spikes (B, chunk * substeps, N) uint8,
+    without the burn-in (and the input currents if asked)."""
     n_bins, n_in = counts.shape
     x = np.zeros((len(starts), burn_in + chunk, n_in), np.float32)
     for i, s in enumerate(starts):
@@ -39,24 +40,39 @@ def _run_chunks(net: StudentNet, counts: np.ndarray, starts: np.ndarray, chunk: 
         x[i, a - (s - burn_in): b - (s - burn_in)] = counts[a:b]
     res = net.simulate(torch.from_numpy(x), record_currents=record_currents)
     k = burn_in * net.substeps
-    out = {"readout": res["readout"][:, burn_in:].numpy(), "spikes": res["spikes"][k:].permute(1, 0, 2).numpy()}
+    out = {"readout": res["readout"][:, burn_in:].numpy(), "features": res["features"][:, burn_in:].numpy(),
+           "spikes": res["spikes"][k:].permute(1, 0, 2).numpy()}
     if record_currents:
         out["i_exc"] = res["i_exc"][k:].permute(1, 0, 2).numpy()
         out["i_inh"] = res["i_inh"][k:].permute(1, 0, 2).numpy()
     return out
 
 
+def student_features(net: StudentNet, counts: np.ndarray, chunk: int = 200, burn_in: int = 8,
+                     batch: int = 64) -> np.ndarray:
+    """The readout's input for every bin, (n_bins, K * n_exc) float32 (filtered E spike counts), from a causal
+    chunked simulation of counts (n_bins, n_in); ``net.readout`` of it is the student's readout."""
+    n_bins = len(counts)
+    starts = np.arange(0, n_bins, chunk)
+    out = np.zeros((len(starts) * chunk, net.readout.in_features), np.float32)
+    for i in range(0, len(starts), batch):
+        s = starts[i:i + batch]
+        f = _run_chunks(net, counts, s, chunk, burn_in)["features"]
+        out[s[0]: s[0] + len(s) * chunk] = f.reshape(-1, f.shape[-1])
+    return out[:n_bins]
+
+
+@torch.no_grad()
+def apply_readout(net: StudentNet, features: np.ndarray, block: int = 50_000) -> np.ndarray:
+    """net.readout of features (n_bins, K * n_exc) -> (n_bins, D) float32, in blocks of rows."""
+    return np.concatenate([net.readout(torch.from_numpy(features[i:i + block])).numpy()
+                           for i in range(0, len(features), block)]) if len(features) else np.zeros((0, net.n_out))
+
+
 def student_readout(net: StudentNet, counts: np.ndarray, chunk: int = 200, burn_in: int = 8,
                     batch: int = 64) -> np.ndarray:
     """Readout (n_bins, D) float32 for every bin of counts (n_bins, n_in), causal (chunked with warm-up)."""
-    n_bins = len(counts)
-    starts = np.arange(0, n_bins, chunk)
-    out = np.zeros((len(starts) * chunk, net.n_out), np.float32)
-    for i in range(0, len(starts), batch):
-        s = starts[i:i + batch]
-        r = _run_chunks(net, counts, s, chunk, burn_in)["readout"]
-        out[s[0]: s[0] + len(s) * chunk] = r.reshape(-1, net.n_out)
-    return out[:n_bins]
+    return apply_readout(net, student_features(net, counts, chunk, burn_in, batch))
 
 
 def firing_statistics(net: StudentNet, counts: np.ndarray, test_mask: np.ndarray, cfg: StudentConfig) -> dict:
@@ -76,7 +92,7 @@ def firing_statistics(net: StudentNet, counts: np.ndarray, test_mask: np.ndarray
     ei = spiking.ei_current_correlation(cur["i_exc"], cur["i_inh"])
     nan_median = lambda a: float(np.nanmedian(a)) if np.isfinite(a).any() else float("nan")  # noqa: E731
     cvs = spiking.cv_isi(spikes)
-    # what the report draws and only this simulation knows (see neurojepa.report.build.REPORT_DATA_KEYS)
+    # what the report draws and only this simulation knows (keys: student.report_data.REPORT_DATA_KEYS)
     t_show = min(spikes.shape[1], int(round(1.0 / cfg.dt)))  # 1 s of the first held-out chunk
     rng = np.random.default_rng(cfg.seed)
     show_e = np.sort(rng.choice(ne, min(ne, 60), replace=False))
@@ -89,6 +105,7 @@ def firing_statistics(net: StudentNet, counts: np.ndarray, test_mask: np.ndarray
                 rate_hz_median_inh=float(np.median(r[ne:])),
                 frac_in_band=spiking.frac_in_band(r, cfg.rate_low_hz, cfg.rate_high_hz),
                 cv_isi_median=nan_median(cvs),
+                lv_median=nan_median(spiking.lv_isi(spikes)),  # local variation: irregularity without slow modulation
                 fano_median=nan_median(spiking.fano_factor(spikes, int(round(0.1 / cfg.dt)))),
                 n_silent=silent, n_saturated=saturated, ei_current_corr_median=nan_median(ei),
                 firing_seconds=float(spikes.shape[0] * spikes.shape[1] * cfg.dt))
@@ -114,6 +131,13 @@ def _decoding_ratio(student: dict, teacher: dict) -> dict:
     return ratios
 
 
+def train_mask(split: np.ndarray, state: np.ndarray | None, train_states, burn_in: int) -> np.ndarray:
+    """(n_bins,) bool: the bins whose readout the CCA directions (and the readout refit) are fit on: train blocks
+    of train_states (all when empty), after the first burn_in bins of the session."""
+    split = np.asarray(split).astype(str)
+    return (np.arange(len(split)) >= burn_in) & (split == "train") & _in_states(state, train_states, len(split))
+
+
 def _in_states(state: np.ndarray | None, states, n: int) -> np.ndarray:
     if not states or state is None:
         return np.ones(n, bool)
@@ -122,18 +146,21 @@ def _in_states(state: np.ndarray | None, states, n: int) -> np.ndarray:
 
 def evaluate_student(net: StudentNet, counts: np.ndarray, latents: np.ndarray, split: np.ndarray,
                      cfg: StudentConfig, labels=None, teacher_decoding: dict | None = None,
-                     train_states=None, test_states=None, decode: bool = True) -> tuple[dict, np.ndarray]:
+                     train_states=None, test_states=None, decode: bool = True,
+                     readout: np.ndarray | None = None) -> tuple[dict, np.ndarray]:
     """All student metrics. counts: (n_bins, n_in), latents: (n_bins, D) teacher, split: (n_bins,) str.
 
     CCA directions are fit on train blocks of ``train_states`` and scored on test blocks of ``test_states`` (all
     states when empty; labels["state"] gives each bin's state). When they differ, ``cca_heldout_mean_within`` adds
-    the score on test blocks of the training states. Returns (metrics dict, readout (n_bins, D) float32)."""
+    the score on test blocks of the training states. ``readout`` (n_bins, D): the student's readout when already
+    computed (distill computes it for the readout refit), else simulated here.
+    Returns (metrics dict, readout (n_bins, D) float32)."""
     net.eval()
     split = np.asarray(split).astype(str)
     state = labels["state"].to_numpy() if labels is not None and "state" in labels else None
-    z = student_readout(net, counts, cfg.eval_chunk, cfg.burn_in)
+    z = student_readout(net, counts, cfg.eval_chunk, cfg.burn_in) if readout is None else readout
+    tr = train_mask(split, state, train_states, cfg.burn_in)
     valid = np.arange(len(z)) >= cfg.burn_in
-    tr = valid & (split == "train") & _in_states(state, train_states, len(z))
     te = valid & (split == "test") & _in_states(state, test_states, len(z))
     if tr.sum() < 5 * z.shape[1] or te.sum() < 5 * z.shape[1]:
         raise InputError("student evaluation", f"too few train ({tr.sum()}) or test ({te.sum()}) bins for "

@@ -3,6 +3,7 @@
 loss = cca_loss(student readout, teacher latents)            # minus the sum of canonical correlations (float64)
        + homeostasis_weight * band_penalty(rates in Hz)      # 5-20 Hz per neuron
        + l1_weight * mean |W_rec|                           # optional sparsity
+       (+ rate_floor_hz, burst_weight terms: optional, off by default; see docs/student.md)
 
 Each batch is (counts (B, burn_in + window, n_in), teacher latents (B, burn_in + window, D)); the first burn_in bins
 only bring the network state out of its zero initial condition and are left out of both terms. A step with a
@@ -41,7 +42,14 @@ class StudentModule(L.LightningModule):
         cca = cca_loss(y, z, cfg.ridge).to(y.dtype)
         rates = rates_hz(out["spikes"][b * self.net.substeps:], cfg.dt, per_window=cfg.homeostasis_per_window)
         band = band_penalty(rates, cfg.rate_low_hz, cfg.rate_high_hz)
+        if cfg.rate_floor_hz > 0:  # every window keeps some firing: silences are what inflate a pooled CV of ISI
+            win = rates_hz(out["spikes"][b * self.net.substeps:], cfg.dt, per_window=True)
+            band = band + torch.relu(cfg.rate_floor_hz - win).pow(2).mean()
         loss = cca + (cfg.homeostasis_weight * band if self.homeostasis else 0.0)
+        if cfg.burst_weight > 0 and self.homeostasis:  # fraction of spikes beyond a neuron's first in a bin
+            sp = out["spikes"][b * self.net.substeps:]
+            per_bin = sp.reshape(-1, self.net.substeps, *sp.shape[1:]).sum(1)
+            loss = loss + cfg.burst_weight * torch.relu(per_bin - 1).sum() / per_bin.sum().detach().clamp_min(1.0)
         if cfg.l1_weight > 0:
             loss = loss + cfg.l1_weight * self.net.rec.weight.abs().mean()
         return dict(loss=loss, cca=-cca / y.shape[-1], band=band, rate=rates.median().detach())

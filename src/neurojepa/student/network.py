@@ -3,13 +3,21 @@
 Math (snntorch ``Leaky`` with ``reset_mechanism="subtract"``, written out; one step = ``dt``, default 1 ms)::
 
     g_t   = 1 if the neuron is not refractory else 0          # input gated off n_ref steps after a spike
-    I_t   = g_t * (W_in c_bin(t) + b + W_rec S_{t-1})           # c_bin: counts of the current 10 ms bin, held
+    A_t   = rho * A_{t-1} + b_adapt * S_{t-1}                   # adaptation current (E only; detached, as the reset)
+    I_t   = g_t * (W_in c_bin(t) + b + xi_t + W_rec S_{t-1} - A_t)   # c_bin: counts of the current 10 ms bin, held
     U_t   = beta * U_{t-1} + I_t - theta * S_{t-1}              # subtractive reset, detached (as snntorch)
     S_t   = H(U_t - theta)                                      # surrogate gradient: fast sigmoid (default)
 
-beta = exp(-dt / tau_mem) per neuron (20 ms E, 10 ms I). The readout sees only E spikes: per-bin E spike counts are
-low-pass filtered (exponential, ``tau_readout``) and mapped linearly to the D teacher dims. Dale's principle holds on
-the input (all +), recurrent (column signs) and readout (E only, all +) weights by parametrisation (dale.py).
+beta = exp(-dt / tau_mem) per neuron (20 ms E, 10 ms I); xi: private background noise (white or Ornstein-Uhlenbeck);
+rho = exp(-dt / adapt_tau), b_adapt from ``adapt_strength`` (0 = no adaptation, the A term drops out). The readout
+sees only E spikes: per-bin E spike counts are low-pass filtered (exponential, one copy per ``readout_taus`` entry)
+and mapped linearly to the D teacher dims. Dale's principle holds on the input (all +), recurrent (column signs) and
+readout (E only, all +) weights by parametrisation (dale.py).
+
+Spike-frequency adaptation is what keeps firing irregular-but-not-bursty once training sharpens the neurons' input
+tuning: with white background noise and a subtractive reset, a threshold crossing that overshoots fires again right
+after the refractory period (38 % of ISIs <= 5 ms, LV 1.4 measured on the real teacher), and a fast (20 ms)
+adaptation current acts as a relative refractory period against these doublets (docs/student.md).
 
 Refractoriness gates the synaptic input rather than masking spikes, so the plain snntorch loop (``Leaky`` + an input
 gate) reproduces it exactly; a second spike inside the refractory window needs U > ~2 theta and is rare.
@@ -45,8 +53,9 @@ def _surrogate_grad(v: torch.Tensor, kind: str, slope: float) -> torch.Tensor:
     raise ValueError(f"unknown surrogate '{kind}' (fast_sigmoid | atan)")
 
 
-def _scan_forward(x, w, beta, theta, n_ref, keep: bool = True):
+def _scan_forward(x, w, beta, theta, n_ref, keep: bool = True, adapt=None):
     """No-grad LIF time loop. x: (T, B, N) input currents -> spikes, membrane (pre-reset U_t), gates, each (T, B, N).
+    adapt: None or (rho, b) with b (N,): adaptation current A_t = rho A_{t-1} + b S_{t-1}, subtracted from the input.
 
     Written for few ops per step, all in preallocated buffers; the float operations and their order are exactly
     those of the snntorch loop (so spikes are bit-identical). The refractory gate is 1 - max of the last n_ref
@@ -59,8 +68,12 @@ def _scan_forward(x, w, beta, theta, n_ref, keep: bool = True):
     gates = torch.ones_like(x) if keep else x.new_ones(2, B, N)
     u = x.new_zeros(B, N)
     s = x.new_zeros(B, N)
+    a = x.new_zeros(B, N) if adapt is not None else None
     for t, xt in enumerate(x.unbind(0)):
         inp = torch.add(xt, F.linear(s, w))
+        if a is not None:  # s is 0/1, so s * b is exact: same rounding as the reference's a * rho + s * b
+            a.mul_(adapt[0]).addcmul_(s, adapt[1])
+            inp.sub_(a)
         if n_ref:
             g = gates[t if keep else t & 1]
             torch.amax(padded[t:t + n_ref], dim=0, out=g)
@@ -75,8 +88,8 @@ def _scan_forward(x, w, beta, theta, n_ref, keep: bool = True):
 
 class _LIFScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, w, beta, theta, n_ref, surrogate, slope):
-        spikes, mem, gates = _scan_forward(x, w, beta, theta, n_ref)
+    def forward(ctx, x, w, beta, theta, n_ref, surrogate, slope, adapt):
+        spikes, mem, gates = _scan_forward(x, w, beta, theta, n_ref, adapt=adapt)
         ctx.save_for_backward(spikes, mem, gates, w, beta)
         ctx.theta, ctx.surrogate, ctx.slope = theta, surrogate, slope
         return spikes
@@ -97,14 +110,15 @@ class _LIFScan(torch.autograd.Function):
             g_inp = torch.mul(g_u, gates[t], out=grad_x[t])
         n = w.shape[0]
         grad_w = grad_x[1:].reshape(-1, n).T @ spikes[:-1].reshape(-1, n)
-        return grad_x, grad_w, None, None, None, None, None
+        return grad_x, grad_w, None, None, None, None, None, None
 
 
 def lif_scan(x: torch.Tensor, w: torch.Tensor, beta: torch.Tensor, theta: float, n_ref: int,
-             surrogate: str = "fast_sigmoid", slope: float = 25.0) -> torch.Tensor:
+             surrogate: str = "fast_sigmoid", slope: float = 25.0, adapt=None) -> torch.Tensor:
     """Fused recurrent LIF. x: (T, B, N) input currents (threshold units per step), w: (N, N) recurrent weights
-    (post, pre), beta: (N,). Returns spikes (T, B, N) of 0/1, differentiable wrt x and w (surrogate gradient)."""
-    return _LIFScan.apply(x, w, beta, theta, n_ref, surrogate, slope)
+    (post, pre), beta: (N,), adapt: None or (rho, b (N,)) spike-frequency adaptation (detached, like the reset).
+    Returns spikes (T, B, N) of 0/1, differentiable wrt x and w (surrogate gradient)."""
+    return _LIFScan.apply(x, w, beta, theta, n_ref, surrogate, slope, adapt)
 
 
 def _raw_weight(linear: nn.Linear) -> torch.Tensor:
@@ -131,11 +145,20 @@ class StudentNet(nn.Module):
         tau = torch.cat([torch.full((cfg.n_exc,), cfg.tau_mem_exc), torch.full((cfg.n_inh,), cfg.tau_mem_inh)])
         self.register_buffer("beta", torch.exp(-cfg.dt / tau))
         self.register_buffer("sign", neuron_signs(cfg.n_exc, cfg.n_inh))
-        self.register_buffer("readout_decay", torch.tensor(math.exp(-bin_size / cfg.tau_readout)))
+        taus = torch.as_tensor(list(cfg.readout_taus), dtype=torch.float32)
+        if taus.numel() < 1 or (taus <= 0).any():
+            raise ValueError(f"readout_taus must be a non-empty list of positive time constants, got {cfg.readout_taus}")
+        self.register_buffer("readout_decay", torch.exp(-bin_size / taus))  # (K,) per-bin decay of each filter
+        n_feat = cfg.n_exc * len(taus)
+        # spike-frequency adaptation of E neurons (I neurons, fast-spiking, do not adapt): each spike adds b to a
+        # current that decays with adapt_tau; b makes the steady current adapt_strength rheobases per Hz of firing
+        self.adapt_rho = math.exp(-cfg.dt / cfg.adapt_tau)
+        b = cfg.adapt_strength * (1 - math.exp(-cfg.dt / cfg.tau_mem_exc)) * (1 - self.adapt_rho) / cfg.dt
+        self.register_buffer("adapt_b", torch.cat([torch.full((cfg.n_exc,), b), torch.zeros(cfg.n_inh)]))
 
         self.inp = nn.Linear(n_in, n)
         self.rec = nn.Linear(n, n, bias=False)
-        self.readout = nn.Linear(cfg.n_exc, n_out)
+        self.readout = nn.Linear(n_feat, n_out)
         mask = connection_mask(n, n, cfg.p_connect, gen)
         with torch.no_grad():
             self.inp.weight.copy_(torch.randn(n, n_in, generator=gen).abs() / math.sqrt(n_in))
@@ -144,39 +167,58 @@ class StudentNet(nn.Module):
             # radius that matters for stability is that of W / (1 - beta_E) (spectral_radius, ~1 = edge of chaos)
             rho = cfg.spectral_radius * (1 - math.exp(-cfg.dt / cfg.tau_mem_exc))
             self.rec.weight.copy_(balanced_recurrent(cfg.n_exc, cfg.n_inh, rho, mask, gen))
-            self.readout.weight.copy_(torch.rand(n_out, cfg.n_exc, generator=gen) / math.sqrt(cfg.n_exc))
+            self.readout.weight.copy_(torch.rand(n_out, n_feat, generator=gen) / math.sqrt(n_feat))
             self.readout.bias.zero_()
         if cfg.dale:
             apply_dale(self.inp, torch.ones(n_in))  # recorded spikes act as excitatory afferents
             apply_dale(self.rec, self.sign, mask)
-            apply_dale(self.readout, torch.ones(cfg.n_exc))  # long-range output is excitatory, E only
+            apply_dale(self.readout, torch.ones(n_feat))  # long-range output is excitatory, E only
         elif mask is not None:
             parametrize.register_parametrization(self.rec, "weight", MaskOnly(mask))
         self._ref_lif = None
 
     # ----------------------------------------------------------------------------------------- pieces
+    def _adapt(self):
+        """(rho, b (N,)) for the scan, or None without adaptation."""
+        return (self.adapt_rho, self.adapt_b) if self.cfg.adapt_strength > 0 else None
+
     def input_current(self, counts: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """counts: (B, bins, n_in) -> input currents (bins * substeps, B, N), each bin's current held over its steps,
-        plus private Gaussian noise of ``noise_std`` (threshold units per step; ``generator`` seeds it).
+        plus private Gaussian noise of std ``noise_std`` (threshold units per step; ``generator`` seeds it), white or
+        with correlation time ``noise_tau``.
         The projection is computed once per bin (not per step): the first of the fast path's savings."""
         cur = self.inp(counts.to(self.inp.bias.dtype)).transpose(0, 1).repeat_interleave(self.substeps, dim=0)
         if self.cfg.noise_std > 0:
-            # private background noise (white, per step): keeps firing irregular (CV ~ 1) instead of regular
-            # bursts while a held bin current stays above threshold
-            cur = cur + self.cfg.noise_std * torch.randn(cur.shape, generator=generator, dtype=cur.dtype)
+            # private background noise: keeps firing irregular (CV ~ 1) instead of regular bursts while a held bin
+            # current stays above threshold. White noise (noise_tau 0) makes big per-step jumps that overshoot
+            # threshold, and with a subtractive reset the residue fires again right after the refractory period
+            # (doublets, LV > 1); noise_tau > 0 low-pass filters it like synaptic background input
+            # (Ornstein-Uhlenbeck, stationary std noise_std), so crossings overshoot little.
+            noise = torch.randn(cur.shape, generator=generator, dtype=cur.dtype)
+            if self.cfg.noise_tau > 0:
+                a = math.exp(-self.cfg.dt / self.cfg.noise_tau)
+                c = math.sqrt(1 - a * a)
+                for t in range(1, len(noise)):
+                    noise[t].mul_(c).add_(noise[t - 1], alpha=a)
+            cur = cur + self.cfg.noise_std * noise
         return cur
 
-    def readout_from_spikes(self, spikes: torch.Tensor) -> torch.Tensor:
-        """spikes: (T, B, N) -> readout (B, bins, n_out) from low-pass filtered E spike counts per bin."""
+    def filtered_exc(self, spikes: torch.Tensor) -> torch.Tensor:
+        """spikes: (T, B, N) -> (B, bins, K * n_exc): per-bin E spike counts low-pass filtered (exponential, unit DC
+        gain) at each of the K ``readout_taus``; feature k * n_exc + j is E neuron j through filter k."""
         T, B, _ = spikes.shape
         c = spikes[:, :, : self.n_exc].reshape(T // self.substeps, self.substeps, B, self.n_exc).sum(1)
-        a = self.readout_decay
-        z = torch.zeros_like(c[0])
+        a = self.readout_decay[:, None, None]  # (K, 1, 1)
+        z = c.new_zeros(len(self.readout_decay), B, self.n_exc)
         out = []
         for ck in c.unbind(0):
             z = a * z + (1 - a) * ck
             out.append(z)
-        return self.readout(torch.stack(out, 1))
+        return torch.stack(out, 1).permute(2, 1, 0, 3).reshape(B, len(out), -1)
+
+    def readout_from_spikes(self, spikes: torch.Tensor) -> torch.Tensor:
+        """spikes: (T, B, N) -> readout (B, bins, n_out): linear map of the filtered E spike counts."""
+        return self.readout(self.filtered_exc(spikes))
 
     # ------------------------------------------------------------------------------------------ forward
     def forward(self, counts: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -184,7 +226,8 @@ class StudentNet(nn.Module):
         readout (B, bins, n_out)."""
         cfg = self.cfg
         x = self.input_current(counts)
-        spikes = lif_scan(x, self.rec.weight, self.beta, cfg.threshold, self.n_ref, cfg.surrogate, cfg.surrogate_slope)
+        spikes = lif_scan(x, self.rec.weight, self.beta, cfg.threshold, self.n_ref, cfg.surrogate, cfg.surrogate_slope,
+                          self._adapt())
         return {"spikes": spikes, "readout": self.readout_from_spikes(spikes)}
 
     def _reference_neuron(self):
@@ -207,10 +250,15 @@ class StudentNet(nn.Module):
         mem = x.new_zeros(B, N)
         spk = x.new_zeros(B, N)
         cnt = torch.zeros(B, N, dtype=torch.int32)
+        adapt = x.new_zeros(B, N) if self.cfg.adapt_strength > 0 else None
         out = []
         for xt in x.unbind(0):
             g = (cnt == 0).to(x.dtype)
-            spk, mem = lif(g * (xt + self.rec(spk)), mem)
+            if adapt is None:
+                spk, mem = lif(g * (xt + self.rec(spk)), mem)
+            else:  # adaptation current, detached like snntorch's reset
+                adapt = adapt * self.adapt_rho + spk.detach() * self.adapt_b
+                spk, mem = lif(g * (xt + self.rec(spk) - adapt), mem)
             cnt = torch.where(spk.detach() > 0, self.n_ref, (cnt - 1).clamp_(min=0))
             out.append(spk)
         spikes = torch.stack(out)
@@ -218,13 +266,16 @@ class StudentNet(nn.Module):
 
     @torch.no_grad()
     def simulate(self, counts: torch.Tensor, record_currents: bool = False) -> dict[str, torch.Tensor]:
-        """Inference run. counts: (B, bins, n_in). Returns spikes (T, B, N) uint8, readout (B, bins, n_out) and, with
+        """Inference run. counts: (B, bins, n_in). Returns spikes (T, B, N) uint8, readout (B, bins, n_out), its input
+        features (B, bins, K * n_exc) (filtered E counts) and, with
         record_currents, the E and I synaptic input currents (T, B, N) that each neuron received (gated)."""
         cfg = self.cfg
         x = self.input_current(counts, torch.Generator().manual_seed(cfg.seed + 1))  # reproducible noise
         w = self.rec.weight
-        spikes, _, gates = _scan_forward(x, w, self.beta, cfg.threshold, self.n_ref, keep=record_currents)
-        res = {"spikes": spikes.to(torch.uint8), "readout": self.readout_from_spikes(spikes)}
+        spikes, _, gates = _scan_forward(x, w, self.beta, cfg.threshold, self.n_ref, keep=record_currents,
+                                         adapt=self._adapt())
+        feats = self.filtered_exc(spikes)
+        res = {"spikes": spikes.to(torch.uint8), "readout": self.readout(feats), "features": feats}
         if record_currents:
             prev = torch.cat([torch.zeros_like(spikes[:1]), spikes[:-1]])
             ne = self.n_exc

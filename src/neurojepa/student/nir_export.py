@@ -7,8 +7,10 @@ columns of I neurons are zero, since the readout sees E neurons only) -- and han
 
 * snntorch assumes dt = 1e-4 s when it converts beta into NIR's continuous ``tau``; we recompute
   ``tau = dt / (1 - beta)`` and ``r = tau / dt`` with the student's real dt.
-* the readout's low-pass filter of E spikes becomes an ``nir.LI`` node (tau = tau_readout, r = bin_size, so that it
-  holds spikes per bin like the bin-level filter used in training) between the LIF population and the readout.
+* the readout's low-pass filters of E spikes become ``nir.LI`` nodes (one per ``readout_taus`` entry, tau = that
+  time constant, r = bin_size, so that each holds spikes per bin like the bin-level filter used in training) between
+  the LIF population and the readout: ``LIF -> readout_filter -> Affine -> Output`` for the first time constant and
+  ``LIF -> readout_filter_k -> readout_k (Affine) -> Output`` for the others (NIR sums a node's inputs).
 
 Not representable in NIR's LIF (known gaps, stated in docs/student.md): the refractory input gate, the private
 noise current, and the held-per-bin input (NIR graphs are continuous-time).
@@ -41,13 +43,14 @@ def to_snntorch(net: StudentNet) -> nn.Sequential:
         lif.recurrent.weight.copy_(net.rec.weight)
         lif.recurrent.bias.zero_()
         out.weight.zero_()
-        out.weight[:, : net.n_exc] = net.readout.weight
+        out.weight[:, : net.n_exc] = net.readout.weight[:, : net.n_exc]  # first filter's block (see student_to_nir)
         out.bias.copy_(net.readout.bias)
     return nn.Sequential(inp, lif, out)
 
 
 def student_to_nir(net: StudentNet):
-    """A ``nir.NIRGraph`` of the student: input -> Affine -> LIF <-> Affine (recurrent) -> LI -> Affine -> output."""
+    """A ``nir.NIRGraph`` of the student: input -> Affine -> LIF <-> Affine (recurrent) -> LI -> Affine -> output
+    (one LI -> Affine branch per readout time constant)."""
     import nir
     from snntorch.export_nir import export_to_nir
 
@@ -60,11 +63,19 @@ def student_to_nir(net: StudentNet):
     lif.tau = dt / (1.0 - beta)
     lif.r = lif.tau / dt
     readout_name = next(b for a, b in graph.edges if a == lif_name and b != f"{lif_name.rsplit('.', 1)[0]}.w_rec")
-    n = len(beta)
-    tau_ro = np.full(n, net.cfg.tau_readout)
-    graph.nodes["readout_filter"] = nir.LI(tau=tau_ro, r=np.full(n, net.bin_size), v_leak=np.zeros(n))
+    output_name = next(b for a, b in graph.edges if a == readout_name)
+    n, ne = len(beta), net.n_exc
+    w_ro = net.readout.weight.detach().numpy()
     graph.edges = [e for e in graph.edges if e != (lif_name, readout_name)]
-    graph.edges += [(lif_name, "readout_filter"), ("readout_filter", readout_name)]
+    for k, tau in enumerate(net.cfg.readout_taus):
+        filt, lin = ("readout_filter", readout_name) if k == 0 else (f"readout_filter_{k}", f"readout_{k}")
+        graph.nodes[filt] = nir.LI(tau=np.full(n, float(tau)), r=np.full(n, net.bin_size), v_leak=np.zeros(n))
+        if k > 0:
+            w = np.zeros((net.n_out, n), np.float32)
+            w[:, :ne] = w_ro[:, k * ne:(k + 1) * ne]
+            graph.nodes[lin] = nir.Affine(weight=w, bias=np.zeros(net.n_out, np.float32))
+            graph.edges.append((lin, output_name))
+        graph.edges += [(lif_name, filt), (filt, lin)]
     graph.infer_types()
     return graph
 

@@ -32,9 +32,11 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 from ..config import save_config, to_dict
 from ..errors import InputError, atomic_path
 from .config import StudentConfig
-from .evaluate import evaluate_student
+from .evaluate import apply_readout, evaluate_student, student_features, train_mask
 from .module import StudentModule
 from .network import StudentNet
+from .readout_fit import refit_readout
+from .report_data import write_report_data
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +133,21 @@ def fit_student(counts: np.ndarray, latents: np.ndarray, split: np.ndarray, cfg:
     return net.eval()
 
 
+def finish_readout(net: StudentNet, counts: np.ndarray, latents: np.ndarray, train_bins: np.ndarray,
+                   cfg: StudentConfig) -> np.ndarray:
+    """Simulate the whole session once (causal chunks), refit the readout on the train bins (``readout_refit_steps``;
+    readout_fit.py) and return the readout of every bin, (n_bins, D) float32, which evaluation then scores."""
+    t0 = time.time()
+    feats = student_features(net, counts, cfg.eval_chunk, cfg.burn_in)
+    if cfg.readout_refit_steps > 0:
+        hist = refit_readout(net, feats, latents, np.flatnonzero(train_bins), cfg)
+        if hist:
+            log.info("readout refit: %d steps, batch CCA %.3f -> %.3f (%.1f s)", len(hist), hist[0], hist[-1],
+                     time.time() - t0)
+    net.refit_seconds = time.time() - t0  # includes the one simulation of the session that evaluation reuses
+    return apply_readout(net, feats)
+
+
 def _load_inputs(dataset_dir: str | Path, teacher_dir: str | Path):
     from ..data.dataset import PreparedSession
 
@@ -173,16 +190,17 @@ def distill(dataset_dir: str | Path, teacher_dir: str | Path, out_dir: str | Pat
 
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
+    state = labels["state"].to_numpy() if labels is not None and "state" in labels else None
     net = fit_student(counts, latents, split, cfg, out, ps.bin_size, resume=resume, **segs)
-    save_student(net, out / "student.pt")
     t0 = time.time()
-    metrics, z = evaluate_student(net, counts, latents, split, cfg, labels, teacher_decoding, **scoring)
+    z = finish_readout(net, counts, latents, train_mask(split, state, states, cfg.burn_in), cfg)
+    save_student(net, out / "student.pt")
+    metrics, z = evaluate_student(net, counts, latents, split, cfg, labels, teacher_decoding, readout=z, **scoring)
     report_data = metrics.pop("_report", None)
     if report_data is not None:
-        from ..report.build import write_report_data
-
         write_report_data(out / "report_data.npz", **report_data)
     metrics.update(train_seconds=round(getattr(net, "train_seconds", 0.0), 1), eval_seconds=round(time.time() - t0, 1),
+                   refit_seconds=round(getattr(net, "refit_seconds", 0.0), 1),
                    global_step=getattr(net, "global_step", None), dataset_dir=str(dataset_dir),
                    teacher_dir=str(teacher_dir), config=to_dict(cfg))
     if unconstrained:
@@ -191,8 +209,9 @@ def distill(dataset_dir: str | Path, teacher_dir: str | Path, out_dir: str | Pat
         save_config(ucfg, udir / "config.yaml")
         unet = fit_student(counts, latents, split, ucfg, udir, ps.bin_size, homeostasis=False,
                            resume=resume and (udir / "last.ckpt").is_file(), **segs)
+        uz = finish_readout(unet, counts, latents, train_mask(split, state, states, cfg.burn_in), ucfg)
         save_student(unet, udir / "student.pt")
-        um, _ = evaluate_student(unet, counts, latents, split, ucfg, labels, decode=False, **scoring)
+        um, _ = evaluate_student(unet, counts, latents, split, ucfg, labels, decode=False, readout=uz, **scoring)
         um.pop("_report", None)
         metrics["unconstrained"] = {k: um[k] for k in ("cca_heldout_mean", "cca_null_mean", "rate_hz_median",
                                                       "frac_in_band", "dale_violations") if k in um}
