@@ -1,17 +1,23 @@
 """The multi-session teacher end to end on tiny simulated sessions (3 to train, a 4th held out): per-session
-metrics, resume, and transfer to the held-out session against an unfitted read-in."""
+metrics, replay pairs and per-state read-outs (the defaults), resume, and transfer to the held-out session against
+an unfitted read-in."""
 
+import csv
 import json
+import logging
 
 import numpy as np
 import pytest
 import torch
 
+from neurojepa.data.dataset import PreparedSession
+from neurojepa.data.multisession import MultiSessionDataset, SessionBatchSampler, collate_session_batch
 from neurojepa.data.prepare import PrepareConfig, prepare_session
 from neurojepa.data.simulate import simulate_sessions
 from neurojepa.errors import InputError
 from neurojepa.teacher.config import TeacherConfig
-from neurojepa.teacher.multisession import MultiSessionTeacher, teach_many
+from neurojepa.teacher.multisession import MultiSessionTeacher, session_pairs, teach_many
+from neurojepa.teacher.train import Windows, _segments_with_states, replay_dataset
 from neurojepa.teacher.transfer import transfer
 
 
@@ -51,11 +57,68 @@ def test_every_training_session_is_scored(teacher, prepared):
         assert z.shape[1] == 32 and np.isfinite(z).all()
     assert m["mean_gt_r2"] == pytest.approx(np.mean([s["gt_r2"] for s in m["sessions"].values()]))
     sessions = json.loads((teacher / "sessions.json").read_text())
+    # replay pairs and per-state count read-outs are on by default: every session was paired, and the replay term
+    # was really in the loss (non-zero in the logged steps)
+    assert all(s["replay_pairs"] > 0 and s["states"] == ["active", "gray", "passive"] for s in sessions.values())
+    assert m["replay_pairs"] == sum(s["replay_pairs"] for s in sessions.values())
+    with open(teacher / "logs" / "csv" / "metrics.csv") as f:
+        replay = [float(r["train_replay"]) for r in csv.DictReader(f) if r.get("train_replay")]
+    assert replay and all(np.isfinite(replay)) and min(replay) > 0
     # held-out units never reach the encoder: the read-in of each session has exactly the held-in columns
     state = torch.load(teacher / "best.ckpt", weights_only=True)["state_dict"]
     for name, s in sessions.items():
         assert set(s["heldin"]).isdisjoint(s["heldout"]) and len(s["heldin"]) + len(s["heldout"]) == s["n_units"]
         assert state[f"net.readin.{name}.weight"].shape[1] == len(s["heldin"])
+        for code in range(3):  # one count read-out per (session, state)
+            assert state[f"state_readouts.{name}@{code}.weight"].shape == (len(s["heldin"]), 32)
+
+
+def test_paired_batches_stream_each_window_and_its_replay_partner(prepared):
+    """The sampler's paired batches: B/2 active windows then their passive partners, read from HDF5, equal to
+    the rows of the file at the pair table's starts; a session without pairs keeps plain batches."""
+    ds = MultiSessionDataset(prepared[:2], window=40, stride=16, split="train")
+    pairs = session_pairs(ds, 0, prepared[0])
+    assert pairs is not None and len(pairs[0]) > 10
+    act, par = pairs
+    ps = PreparedSession.load(prepared[0])
+    state = ps.labels["state"].to_numpy().astype(str)
+    split = ps.split
+    # an independent check of the pair table: actives in active train bins, partners wholly in passive train bins,
+    # and the partner of the replayed time: the flash seen at the start of both windows is the same image
+    assert (state[act] == "active").all() and (state[par] == "passive").all()
+    assert all((split[p:p + 40] == "train").all() and (state[p:p + 40] == "passive").all() for p in par)
+    img = ps.labels["image"].to_numpy().astype(str)
+    assert np.mean(img[act + 20] == img[par + 20]) > 0.9
+    # the streamed pair table is the single teacher's in-memory one (train.replay_dataset) for the same windows
+    counts = ps.load_counts()
+    segs, states = _segments_with_states(ps, "train")
+    mem = replay_dataset(ps, counts, Windows(counts, segs, 40, 16, states), segs, states, [], None)
+    assert np.array_equal(mem.starts, act) and np.array_equal(mem.partners, par)
+    sampler = SessionBatchSampler(ds, batch_size=8, batches_per_session=3, seed=1, pairs={0: pairs})
+    batches = list(sampler)
+    assert len(batches) == 6
+    n_paired = 0
+    for idx in batches:
+        b = collate_session_batch(ds.__getitems__(idx))
+        assert b["counts"].shape[0] == 8 and b["state"].shape == (8,)
+        if b["session"] == 0:
+            n_paired += 1
+            assert b["paired"] and b["state"][:4].tolist() == [0] * 4 and b["state"][4:].tolist() == [2] * 4
+            starts = b["start"].numpy()
+            assert {(a, p) for a, p in zip(starts[:4], starts[4:])} <= set(zip(act.tolist(), par.tolist()))
+            for k, st in enumerate(starts):
+                assert torch.equal(b["counts"][k], torch.from_numpy(counts[st:st + 40].astype(np.float32)))
+        else:
+            assert not b["paired"]
+    assert n_paired == 3
+
+
+def test_a_session_without_a_replay_trains_unpaired(prepared, caplog):
+    """Restricted to the active block, the partners' passive blocks are not there: pairing is refused, logged."""
+    ds = MultiSessionDataset(prepared[:1], window=40, stride=16, split="train", states=["active"])
+    with caplog.at_level(logging.WARNING):
+        assert session_pairs(ds, 0, prepared[0]) is None
+    assert "training unpaired" in caplog.text
 
 
 def test_each_step_trains_only_the_batch_session_maps_and_the_shared_model(prepared):
@@ -74,6 +137,27 @@ def test_each_step_trains_only_the_batch_session_maps_and_the_shared_model(prepa
     assert not torch.equal(before["net.head.weight"], after["net.head.weight"])
     assert torch.equal(before["net.readin.a.weight"], after["net.readin.a.weight"])
     assert torch.equal(before["net.count_readout.a.weight"], after["net.count_readout.a.weight"])
+
+
+def test_per_state_readouts_are_keyed_by_session_and_state():
+    """A paired step with state codes moves exactly the batch session's read-outs of the states in the batch."""
+    cfg = _cfg()
+    mod = MultiSessionTeacher(cfg, {"a": 20, "b": 30}, {"a": list(range(20)), "b": list(range(30))},
+                              {"a": ["active", "passive"], "b": ["active", "gray", "passive"]})
+    assert sorted(mod.state_readouts) == ["a@0", "a@1", "b@0", "b@1", "b@2"]
+    length = mod.warm + cfg.train.window + cfg.model.horizon
+    g = torch.Generator().manual_seed(0)
+    batch = {"counts": torch.poisson(torch.full((8, length, 30), 0.3), generator=g), "session": 1,
+             "state": torch.tensor([0] * 4 + [2] * 4), "paired": True}
+    out, _ = mod._session_loss(batch, 0)
+    assert out["replay"] > 0
+    out["loss"].backward()
+    grad = {n: p.grad for n, p in mod.named_parameters()}
+    assert grad["state_readouts.b@0.weight"].abs().sum() > 0 and grad["state_readouts.b@2.weight"].abs().sum() > 0
+    # a state not in the batch: exactly zero (all of the session's read-outs are evaluated, then picked per window)
+    assert grad["state_readouts.b@1.weight"].abs().sum() == 0
+    for n in ("state_readouts.a@0.weight", "net.count_readout.b.weight", "net.readin.a.weight"):
+        assert grad[n] is None  # another session, the shared read-out (unused under per-state read-outs)
 
 
 def test_resume_replays_the_same_steps(prepared, teacher, tmp_path):
@@ -101,8 +185,12 @@ def test_transfer_beats_an_unfitted_read_in(prepared, teacher, tmp_path):
     assert m["gt_r2_curve"]["0"] == pytest.approx(m["null"]["gt_r2"])
     assert m["gt_r2"] == pytest.approx(m["gt_r2_curve"]["40"])
     assert m["gt_r2"] > m["null"]["gt_r2"] + 0.03
+    # the new session's own replay pairs and per-state read-outs were fitted
+    assert m["replay_pairs"] > 0 and all(v > 0 for v in m["train_replay"].values())
     fitted = torch.load(out / "readin.pt", weights_only=True)
     assert fitted["readin.weight"].shape[1] == len(fitted["heldin"])
+    assert {k for k in fitted if k.startswith("state_readouts.")} == \
+        {f"state_readouts.new_session_3@{i}.{w}" for i in range(3) for w in ("weight", "bias")}
     # the teacher itself is untouched
     after = torch.load(teacher / "best.ckpt", weights_only=True)["state_dict"]
     assert all(torch.equal(before[k], after[k]) for k in before)

@@ -100,8 +100,10 @@ def cobps_per_group(latents: np.ndarray, heldout_counts: np.ndarray, train: np.n
     groups = np.asarray(groups)
     te = np.flatnonzero(test)
     rates = np.empty((len(te), heldout_counts.shape[1]))
-    for g in np.unique(groups[te]):
+    names = np.unique(groups[te])
+    for g in names:
         sel = groups[te] == g
         fit = train & (groups == g) if (train & (groups == g)).sum() >= min_train else train
-        rates[sel] = _glm_rates(x, heldout_counts, fit, te[sel], l2, max_train)
+        # the groups share the fit budget: as many fit rows in all as one joint GLM
+        rates[sel] = _glm_rates(x, heldout_counts, fit, te[sel], l2, max(max_train // len(names), min_train))
     return bits_per_spike(rates, heldout_counts[te])

@@ -12,8 +12,14 @@ Decisions (docs/scale.md):
 - **Streaming.** Windows come from :class:`~neurojepa.data.multisession.MultiSessionDataset` (nothing of a
   session stays in memory) through :class:`~neurojepa.data.multisession.SessionBatchSampler` (one session per
   batch; every session gives the same number of batches per epoch). ``train.steps_per_epoch`` is the number of
-  optimiser steps per epoch on each rank, spread evenly over the sessions. Batches are not state-balanced (the
-  single teacher's sampler is): windows are drawn uniformly within a session.
+  optimiser steps per epoch on each rank, spread evenly over the sessions.
+- **Replay pairs and per-state read-outs** (``loss.replay_weight``, ``loss.state_readout``: the single teacher's
+  state invariance, teacher/replay.py) per session: each session's active train windows get their passive
+  partners from its own labels (:func:`session_pairs`, the single teacher's :func:`replay_partners`); its
+  batches are then B/2 active windows + their B/2 partners, read from HDF5 like any window. A session whose
+  pairing is refused (no passive replay, disagreeing sequences) trains on plain windows (uniform within the
+  session), logged. The per-state count read-outs are keyed by (session, state): ``state_readouts["<key>@<code>"]``
+  with the code the index into the session's ``/labels/state`` categories (``sessions.json["states"]``).
 - **Data parallel.** Lightning's distributed sampler is off (``use_distributed_sampler=False``); the batch
   sampler is given the trainer's rank and world size, so each rank steps through its own share of the batches.
   Ranks may hold different sessions in the same step: the session-specific parameters of the sessions a rank did
@@ -27,7 +33,7 @@ Decisions (docs/scale.md):
   every rank runs the caller's code after ``fit``).
 
 Outputs in ``out_dir``: ``last.ckpt``, ``best.ckpt``, ``logs/``, ``config.yaml``, ``sessions.json`` (name ->
-dataset_dir, n_units, heldin, heldout: what :mod:`~neurojepa.teacher.transfer` needs), ``metrics.json``
+dataset_dir, n_units, heldin, heldout, states, replay_pairs: what :mod:`~neurojepa.teacher.transfer` needs), ``metrics.json``
 (``"teacher_multi"``), ``latents/<name>.npz`` (the single teacher's ``latents.npz`` layout, per session).
 """
 
@@ -86,7 +92,10 @@ class MultiSessionTeacher(TeacherModule):
     columns and runs the single teacher's loss with that session's read-in and count read-out.
     """
 
-    def __init__(self, cfg: TeacherConfig, sessions: dict[str, int], heldin: dict[str, Sequence[int]]):
+    def __init__(self, cfg: TeacherConfig, sessions: dict[str, int], heldin: dict[str, Sequence[int]],
+                 states: dict[str, Sequence[str]] | None = None):
+        """states: {session name: its state names} (code i = states[name][i]); with ``loss.state_readout`` a
+        session of >= 2 states gets one count read-out per state (``state_readouts["<key>@<code>"]``)."""
         super().__init__(cfg, n_units=1, session="_")  # everything of TeacherModule; its 1-unit net is replaced
         m = cfg.model
         self.names = list(sessions)
@@ -102,11 +111,43 @@ class MultiSessionTeacher(TeacherModule):
         self.session = self.keys[0]
         for k, name in zip(self.keys, self.names):
             self.register_buffer(f"heldin_{k}", torch.as_tensor(np.asarray(heldin[name]), dtype=torch.int64))
+        states = states or {}
+        self.n_states = {k: len(states.get(n, ())) for k, n in zip(self.keys, self.names)}
+        self.state_readouts = None
+        if cfg.loss.state_readout and any(v > 1 for v in self.n_states.values()):
+            self.state_readouts = torch.nn.ModuleDict({
+                f"{k}@{i}": torch.nn.Linear(m.embed_dim, sessions[n])
+                for k, n in zip(self.keys, self.names) if self.n_states[k] > 1 for i in range(self.n_states[k])})
+
+    def init_session_bias(self, key: str, log_mean: torch.Tensor) -> None:
+        """Start session ``key``'s count read-outs (shared and per state) at its units' mean log rate (U,)."""
+        with torch.no_grad():
+            self.net.count_readout[key].bias.copy_(log_mean)
+            for i in range(self.n_states[key] if self.state_readouts is not None else 0):
+                if f"{key}@{i}" in self.state_readouts:
+                    self.state_readouts[f"{key}@{i}"].bias.copy_(log_mean)
+
+    def session_parameters(self, key: str) -> list[torch.nn.Parameter]:
+        """Session ``key``'s own parameters: read-in, count read-out, per-state count read-outs."""
+        ps = [*self.net.readin[key].parameters(), *self.net.count_readout[key].parameters()]
+        if self.state_readouts is not None:
+            ps += [p for name, ro in self.state_readouts.items() if name.startswith(f"{key}@") for p in ro.parameters()]
+        return ps
+
+    def log_rates(self, z: torch.Tensor, state: torch.Tensor | None) -> torch.Tensor:
+        """z: (B, T, D) -> (B, T, U): the batch session's per-state read-out of each window's state (state (B,)
+        codes), or its shared read-out (one state, ``loss.state_readout`` off, or no codes)."""
+        n = self.n_states.get(self.session, 0)
+        if self.state_readouts is None or state is None or n < 2:
+            return self.net.log_rates(z, self.session)
+        out = torch.stack([self.state_readouts[f"{self.session}@{i}"](z) for i in range(n)])  # (S, B, T, U)
+        return out[state, torch.arange(z.shape[0])]
 
     def _session_loss(self, batch: dict, step: int) -> tuple[dict, int]:
         self.session = self.keys[int(batch["session"])]
         x = batch["counts"][:, :, getattr(self, f"heldin_{self.session}")]
-        return self.losses(x, self._views(x, step), step), x.shape[0]
+        paired = bool(batch.get("paired", False))
+        return self.losses(x, self._views(x, step), step, batch.get("state"), paired), x.shape[0]
 
     def training_step(self, batch, batch_idx):
         step = int(self.global_step)
@@ -122,8 +163,11 @@ class MultiSessionTeacher(TeacherModule):
             # a gradient for every parameter (the alternative, find_unused_parameters, walks the graph each step)
             loss = loss + 0.0 * sum(p.sum() for p in self.net.readin.parameters()) \
                 + 0.0 * sum(p.sum() for p in self.net.count_readout.parameters())
+            if self.state_readouts is not None:
+                loss = loss + 0.0 * sum(p.sum() for p in self.state_readouts.parameters())
         self.log_dict({"train_loss": out["loss"], "train_pred": out["pred"], "train_reg": out["reg"],
-                       "train_count": out["count"]}, prog_bar=True, on_step=True, on_epoch=False,
+                       "train_count": out["count"], "train_replay": out["replay"]},
+                      prog_bar=True, on_step=True, on_epoch=False,
                       batch_size=batch["counts"].shape[0])
         return loss
 
@@ -148,7 +192,8 @@ def _epoch_batch_sampler(*args, **kwargs):
 
 
 class _MultiData(L.LightningDataModule):
-    """Streams train windows (rank-sliced :class:`SessionBatchSampler`) and fixed val batches from the files."""
+    """Streams train windows (rank-sliced :class:`SessionBatchSampler`, replay-paired batches for the sessions
+    :func:`session_pairs` pairs when ``loss.replay_weight`` > 0) and fixed val batches from the files."""
 
     def __init__(self, dirs: list[Path], cfg: TeacherConfig, length: int):
         super().__init__()
@@ -163,6 +208,13 @@ class _MultiData(L.LightningDataModule):
         if empty:
             raise InputError(", ".join(sorted(set(empty))), f"too little train/val data for windows of {length} bins")
         self.val_batches = self._val_batches()
+        # {session index: (active starts, partner starts)}; empty when the replay term is off
+        self.pairs = {}
+        if cfg.loss.replay_weight > 0:
+            for s, d in enumerate(dirs):
+                p = session_pairs(self.train_ds, s, d)
+                if p is not None:
+                    self.pairs[s] = p
 
     def _val_batches(self) -> list[list[int]]:
         """Per session min(its val windows, max(batch, val_windows / K)) evenly spread windows in a fixed order,
@@ -188,7 +240,7 @@ class _MultiData(L.LightningDataModule):
         world, rank = (tr.world_size, tr.global_rank) if tr is not None else (1, 0)
         per_session = -(-t.steps_per_epoch * world // self.train_ds.n_sessions)  # ceil: >= steps_per_epoch per rank
         sampler = _epoch_batch_sampler(self.train_ds, t.batch_size, batches_per_session=per_session, seed=t.seed,
-                                      rank=rank, world_size=world)
+                                      rank=rank, world_size=world, pairs=self.pairs)
         return DataLoader(self.train_ds, batch_sampler=sampler, collate_fn=collate_session_batch)
 
     def val_dataloader(self):
@@ -197,6 +249,40 @@ class _MultiData(L.LightningDataModule):
         from ..data.multisession import collate_session_batch
 
         return DataLoader(self.val_ds, batch_sampler=self.val_batches, collate_fn=collate_session_batch)
+
+
+def session_pairs(ds, s: int, dataset_dir: Path, source: str = "active",
+                  target: str = "passive") -> tuple[np.ndarray, np.ndarray] | None:
+    """Replay pairs of session ``s`` of the train :class:`~neurojepa.data.multisession.MultiSessionDataset` ``ds``:
+    (its ``source`` window starts (n,), their ``target`` partner starts (n,)) in bins, every partner a whole
+    window inside a ``target`` train segment; None (logged) when the session has no replay or no pair.
+
+    The labels are read once here (a per-bin table, dropped on return); the counts are never loaded."""
+    from ..data.dataset import PreparedSession
+    from .replay import replay_partners
+
+    names = ds.state_names[s]
+    if not {source, target} <= set(names):
+        log.info("teacher: %s: replay pairing off (no %s and %s blocks); training unpaired",
+                 dataset_dir.name, source, target)
+        return None
+    starts, codes = ds.windows(s)
+    starts = starts[codes == names.index(source)]
+    segs, seg_codes = ds.segments(s)
+    allowed = [tuple(g) for g in segs[seg_codes == names.index(target)].tolist()]
+    partners = None
+    if len(starts) and allowed:  # (replay_partners needs at least one allowed segment)
+        ps = PreparedSession.load(dataset_dir)
+        partners = replay_partners(ps.labels, ps.bin_size, ps.t_start, starts, ds.window, allowed, source, target)
+        ps.close()
+    if partners is None or (partners >= 0).sum() == 0:
+        log.warning("teacher: %s: replay pairing refused (no %s window has a %s partner in the train blocks); "
+                    "training unpaired", dataset_dir.name, source, target)
+        return None
+    keep = partners >= 0
+    log.info("teacher: %s: replay pairs: %d of %d %s train windows", dataset_dir.name, keep.sum(), len(starts),
+             source)
+    return starts[keep], partners[keep]
 
 
 def _session_names(dirs: list[Path]) -> list[str]:
@@ -248,7 +334,7 @@ def teach_many(dataset_dirs: Sequence[str | os.PathLike], out_dir, cfg: TeacherC
     Returns ``out_dir`` (layout in the module docstring); None on DDP ranks other than 0 (rank 0 evaluates).
     ``metrics.json["teacher_multi"]``: ``sessions`` {name: the single teacher's ``"teacher"`` metrics on that
     session (gt_r2, cobps, decoding, ...)}, ``mean_gt_r2``, ``train_seconds``, ``epochs``, ``global_step``,
-    ``best_val_loss``, ``world_size``, ``dataset_dirs``, ``config``.
+    ``best_val_loss``, ``world_size``, ``replay_pairs`` (summed over sessions), ``dataset_dirs``, ``config``.
     resume: continue from ``out_dir/last.ckpt`` (same steps as an uninterrupted run); full_eval: False scores
     only gt_r2 and the collapse metrics (:func:`evaluate_session`)."""
     from lightning.pytorch.callbacks import EarlyStopping, TQDMProgressBar
@@ -267,13 +353,6 @@ def teach_many(dataset_dirs: Sequence[str | os.PathLike], out_dir, cfg: TeacherC
         raise InputError("loss.regulariser", f"'{cfg.loss.regulariser}' is not one of sigreg, vicreg, none")
     if cfg.loss.target not in ("self", "ema"):
         raise InputError("loss.target", f"'{cfg.loss.target}' is not one of self, ema")
-    if cfg.loss.state_readout or cfg.loss.replay_weight > 0:
-        # the replay pairs and per-state read-outs are built for one session's blocks (teacher/replay.py); across
-        # sessions the per-session read-in/read-out already absorbs each population's code: run without them
-        log.warning("teacher: loss.replay_weight and loss.state_readout are single-session options; "
-                    "the multi-session teacher runs without them")
-        cfg = copy.deepcopy(cfg)
-        cfg.loss.state_readout, cfg.loss.replay_weight = False, 0.0
     out = Path(out_dir)
     last = run_dir(out, resume)
     torch.set_num_threads(cfg.train.threads)
@@ -286,13 +365,19 @@ def teach_many(dataset_dirs: Sequence[str | os.PathLike], out_dir, cfg: TeacherC
         heldin, heldout = split_units(ps.n_units, cfg.eval.heldout_fraction, cfg.train.seed)
         sessions[name] = dict(dataset_dir=str(d), n_units=int(ps.n_units), heldin=heldin.tolist(),
                               heldout=heldout.tolist())
+    m = cfg.model  # warm-up = the encoder's receptive field - 1 (TeacherNet.receptive_field)
+    warm = m.smooth_bins + (m.kernel - 1) * sum(m.dilations) - 1
+    data = _MultiData(dirs, cfg, warm + cfg.train.window + m.horizon)  # the states and pairs come from the data
+    for s, name in enumerate(names):
+        sessions[name]["states"] = data.train_ds.state_names[s]
+        sessions[name]["replay_pairs"] = int(len(data.pairs[s][0])) if s in data.pairs else 0
     module = MultiSessionTeacher(cfg, {n: len(s["heldin"]) for n, s in sessions.items()},
-                                 {n: s["heldin"] for n, s in sessions.items()})
-    with torch.no_grad():  # each count read-out starts at its units' mean rate (as the single teacher)
-        for key, name, d in zip(module.keys, names, dirs):
-            bias = _mean_log_rate(d, np.asarray(sessions[name]["heldin"]))
-            module.net.count_readout[key].bias.copy_(torch.as_tensor(bias))
-    data = _MultiData(dirs, cfg, module.warm + cfg.train.window + cfg.model.horizon)
+                                 {n: s["heldin"] for n, s in sessions.items()},
+                                 {n: s["states"] for n, s in sessions.items()})
+    assert module.warm == warm, (module.warm, warm)
+    for key, name, d in zip(module.keys, names, dirs):  # count read-outs start at the units' mean rate
+        module.init_session_bias(key, torch.as_tensor(_mean_log_rate(d, np.asarray(sessions[name]["heldin"])),
+                                                      dtype=torch.float32))
 
     ckpt = _GoodCheckpoint(dirpath=out, filename="best", monitor="val_loss", mode="min", enable_version_counter=False)
     periodic = _GoodCheckpoint(dirpath=out, filename="last", every_n_epochs=1, enable_version_counter=False)
@@ -338,6 +423,7 @@ def teach_many(dataset_dirs: Sequence[str | os.PathLike], out_dir, cfg: TeacherC
                    train_seconds=round(train_s, 2), epochs=int(trainer.current_epoch),
                    global_step=int(trainer.global_step), world_size=int(trainer.world_size),
                    best_val_loss=float(ckpt.best_model_score) if ckpt.best_model_score is not None else None,
+                   replay_pairs=int(sum(s["replay_pairs"] for s in sessions.values())),
                    dataset_dirs=[str(d) for d in dirs], config=to_dict(cfg))
     with atomic_path(out / "metrics.json") as tmp:
         tmp.write_text(json.dumps({"teacher_multi": metrics}, indent=2, default=float))

@@ -15,6 +15,11 @@ Decisions (docs/scale.md):
   the read-in sees held-in units only; held-out units score co-smoothing.
 - **Null**: the same frozen model with the new read-in as initialised (seeded, unfitted): how much of gt_r2 the
   frozen encoder gives any random projection of the counts. Transfer is worth it when the fitted read-in beats it.
+- **State invariance as in training**: with the teacher's ``loss.state_readout`` the new session gets one count
+  read-out per state (fitted with its read-in), and with ``loss.replay_weight`` > 0 its batches are its own
+  replay pairs (half active train windows, half their passive partners, the single teacher's
+  :func:`~neurojepa.teacher.train.replay_dataset`) with the replay term in the loss; a session without a valid
+  replay is fitted on state-balanced plain windows (logged, ``replay_pairs`` 0).
 - **Steps it took**: gt_r2 is measured every ``eval_every`` steps (ridge on all bins' latents, fit on train
   blocks, scored on test blocks); ``steps_to_final`` is the first measured step within 0.01 of the final gt_r2.
 
@@ -37,11 +42,13 @@ from ..errors import InputError, atomic_path
 log = logging.getLogger(__name__)
 
 
-def load_multisession_teacher(teacher_dir, extra: dict[str, list[int]] | None = None):
+def load_multisession_teacher(teacher_dir, extra: dict[str, list[int]] | None = None,
+                              extra_states: dict[str, list[str]] | None = None):
     """(module, cfg, sessions) of a ``teach_many`` output directory (best.ckpt, else last.ckpt).
 
     extra: {new session name: its held-in unit indices}, sessions added with freshly initialised maps (drawn
-    from the global torch RNG: seed it first). sessions: the teacher's ``sessions.json``."""
+    from the global torch RNG: seed it first); extra_states: {new session name: its state names} (per-state
+    count read-outs under ``loss.state_readout``). sessions: the teacher's ``sessions.json``."""
     from ..config import load_config
     from .config import TeacherConfig
     from .multisession import MultiSessionTeacher
@@ -57,11 +64,13 @@ def load_multisession_teacher(teacher_dir, extra: dict[str, list[int]] | None = 
     sessions = json.loads((tdir / "sessions.json").read_text())
     heldin = {n: s["heldin"] for n, s in sessions.items()}
     heldin.update(extra or {})
-    module = MultiSessionTeacher(cfg, {n: len(h) for n, h in heldin.items()}, heldin)
+    states = {n: s.get("states", []) for n, s in sessions.items()} | dict(extra_states or {})
+    module = MultiSessionTeacher(cfg, {n: len(h) for n, h in heldin.items()}, heldin, states)
     state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     missing, unexpected = module.load_state_dict(state, strict=False)
     new_keys = {module.keys[module.names.index(n)] for n in (extra or {})}
-    stray = [k for k in missing if not any(k.endswith(f"_{nk}") or f".{nk}." in k for nk in new_keys)]
+    stray = [k for k in missing
+             if not any(k.endswith(f"_{nk}") or f".{nk}." in k or f".{nk}@" in k for nk in new_keys)]
     if stray or unexpected:
         raise InputError(ckpt, f"checkpoint does not match the teacher's config (missing {stray[:3]}, "
                                f"unexpected {list(unexpected)[:3]})")
@@ -88,7 +97,7 @@ def transfer(dataset_dir, teacher_dir, out_dir, steps: int = 300, lr: float = 1e
     from .config import TeacherConfig
     from .evaluate import score_latents, session_context
     from .multisession import evaluate_session, session_key, write_latents
-    from .train import EpochSampler, Windows, _segments_with_states, split_units
+    from .train import EpochSampler, Windows, _segments_with_states, replay_dataset, split_units
 
     if steps < 1:
         raise InputError("steps", f"must be >= 1, got {steps}")
@@ -104,8 +113,9 @@ def transfer(dataset_dir, teacher_dir, out_dir, steps: int = 300, lr: float = 1e
     name = "new_" + Path(dataset_dir).resolve().name
     while session_key(name) in {session_key(n) for n in known}:
         name += "_"
+    known_states = sorted(set(ps.labels["state"].astype(str))) if ps.labels is not None else []
     torch.manual_seed(seed)
-    module, cfg, _ = load_multisession_teacher(tdir, {name: heldin.tolist()})
+    module, cfg, _ = load_multisession_teacher(tdir, {name: heldin.tolist()}, {name: known_states})
     cfg.eval.baselines = bool(baselines)
     torch.set_num_threads(cfg.train.threads)
     key = module.keys[module.names.index(name)]
@@ -113,10 +123,10 @@ def transfer(dataset_dir, teacher_dir, out_dir, steps: int = 300, lr: float = 1e
     net = module.net
     counts = ps.load_counts()
     x = np.ascontiguousarray(counts[:, heldin])
-    with torch.no_grad():  # the count read-out starts at the units' mean rate, as in training
-        net.count_readout[key].bias.copy_(torch.as_tensor(np.log(x.mean(0) + 1e-3)))
-    net.requires_grad_(False)
-    trainable = [*net.readin[key].parameters(), *net.count_readout[key].parameters()]
+    # the count read-outs start at the units' mean rate, as in training
+    module.init_session_bias(key, torch.as_tensor(np.log(x.mean(0) + 1e-3), dtype=torch.float32))
+    module.requires_grad_(False)
+    trainable = module.session_parameters(key)
     for p in trainable:
         p.requires_grad_(True)
 
@@ -141,17 +151,24 @@ def transfer(dataset_dir, teacher_dir, out_dir, steps: int = 300, lr: float = 1e
 
     length = module.warm + cfg.train.window + cfg.model.horizon
     segs, states = _segments_with_states(ps, "train")
-    ds = Windows(x, segs, length, cfg.train.stride, states)
+    # state codes travel with each window only where the per-state read-outs need them
+    codes = {st: i for i, st in enumerate(known_states)} if module.n_states.get(key, 0) > 1 \
+        and module.state_readouts is not None else None
+    ds = Windows(x, segs, length, cfg.train.stride, states, codes)
     if len(ds) == 0:
         raise InputError(dataset_dir, f"too little train data for windows of {length} bins")
-    sampler = EpochSampler(ds.states, steps * cfg.train.batch_size, seed)
-    loader = DataLoader(ds, batch_size=cfg.train.batch_size, sampler=sampler, drop_last=True)
+    paired = replay_dataset(ps, x, ds, segs, states, [], codes) if cfg.loss.replay_weight > 0 else None
+    per_item = 2 if paired is not None else 1  # a pair is two windows: a batch keeps batch_size windows
+    ds = paired if paired is not None else ds
+    sampler = EpochSampler(ds.states, steps * (cfg.train.batch_size // per_item), seed)
+    loader = DataLoader(ds, batch_size=cfg.train.batch_size // per_item, sampler=sampler, drop_last=True)
     opt = torch.optim.AdamW(trainable, lr=lr, weight_decay=cfg.train.weight_decay)
-    eval_s, losses = 0.0, {}
+    eval_s, losses, replay_losses = 0.0, {}, {}
     t1 = time.perf_counter()
-    for step, xb in enumerate(loader, start=1):  # fit_seconds: this loop's wall time less the gt_r2 checks
+    for step, batch in enumerate(loader, start=1):  # fit_seconds: this loop's wall time less the gt_r2 checks
         net.train()
-        out = module.losses(xb, module._views(xb, step), step)
+        xb, state, is_pair = module.unpack(batch)
+        out = module.losses(xb, module._views(xb, step), step, state, is_pair)
         if not torch.isfinite(out["loss"]):
             raise InputError("transfer", f"non-finite loss at step {step}; try a lower lr")
         opt.zero_grad(set_to_none=True)
@@ -160,6 +177,7 @@ def transfer(dataset_dir, teacher_dir, out_dir, steps: int = 300, lr: float = 1e
         opt.step()
         if step % 25 == 0 or step == steps:
             losses[step] = round(float(out["loss"].detach()), 5)
+            replay_losses[step] = round(float(out["replay"]), 5)
         if eval_every and step % eval_every == 0 and step != steps:
             t2 = time.perf_counter()
             curve[step] = gt_r2(encode())
@@ -174,13 +192,16 @@ def transfer(dataset_dir, teacher_dir, out_dir, steps: int = 300, lr: float = 1e
     metrics.update(session=name, dataset_dir=str(Path(dataset_dir).resolve()), teacher_dir=str(tdir.resolve()),
                    steps=int(steps), fit_seconds=round(fit_s, 2), total_seconds=round(time.perf_counter() - t0, 2),
                    lr=float(lr), batch_size=int(cfg.train.batch_size),
-                   gt_r2_curve=curve, steps_to_final=steps_to_final, train_loss=losses, null=null)
+                   gt_r2_curve=curve, steps_to_final=steps_to_final, train_loss=losses, train_replay=replay_losses,
+                   replay_pairs=len(paired) if paired is not None else 0, null=null)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    per_state = {f"state_readouts.{n}.{k}": v.detach().clone() for n, ro in (module.state_readouts or {}).items()
+                 if n.startswith(f"{key}@") for k, v in ro.state_dict().items()}
     with atomic_path(out_dir / "readin.pt") as tmp:
         torch.save({f"readin.{k}": v.detach().clone() for k, v in net.readin[key].state_dict().items()}
                    | {f"count_readout.{k}": v.detach().clone() for k, v in net.count_readout[key].state_dict().items()}
-                   | {"heldin": torch.as_tensor(heldin)}, tmp)
+                   | per_state | {"heldin": torch.as_tensor(heldin)}, tmp)
     write_latents(out_dir / "latents.npz", z, ps, str(Path(dataset_dir).resolve()), heldin, heldout)
     with atomic_path(out_dir / "metrics.json") as tmp:
         tmp.write_text(json.dumps({"transfer": metrics}, indent=2, default=float))
