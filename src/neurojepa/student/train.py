@@ -191,9 +191,10 @@ def distill(dataset_dir: str | Path, teacher_dir: str | Path, out_dir: str | Pat
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     state = labels["state"].to_numpy() if labels is not None and "state" in labels else None
+    train_bins = train_mask(split, state, states, cfg.burn_in)  # what the readout refits are fit on
     net = fit_student(counts, latents, split, cfg, out, ps.bin_size, resume=resume, **segs)
     t0 = time.time()
-    z = finish_readout(net, counts, latents, train_mask(split, state, states, cfg.burn_in), cfg)
+    z = finish_readout(net, counts, latents, train_bins, cfg)
     save_student(net, out / "student.pt")
     metrics, z = evaluate_student(net, counts, latents, split, cfg, labels, teacher_decoding, readout=z, **scoring)
     report_data = metrics.pop("_report", None)
@@ -209,7 +210,7 @@ def distill(dataset_dir: str | Path, teacher_dir: str | Path, out_dir: str | Pat
         save_config(ucfg, udir / "config.yaml")
         unet = fit_student(counts, latents, split, ucfg, udir, ps.bin_size, homeostasis=False,
                            resume=resume and (udir / "last.ckpt").is_file(), **segs)
-        uz = finish_readout(unet, counts, latents, train_mask(split, state, states, cfg.burn_in), ucfg)
+        uz = finish_readout(unet, counts, latents, train_bins, ucfg)
         save_student(unet, udir / "student.pt")
         um, _ = evaluate_student(unet, counts, latents, split, ucfg, labels, decode=False, readout=uz, **scoring)
         um.pop("_report", None)

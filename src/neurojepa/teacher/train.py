@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -39,10 +41,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..config import save_config, to_dict
 from ..errors import InputError, atomic_path
-from .config import TeacherConfig
+from .config import TeacherConfig, TrainConfig
 from .evaluate import evaluate_teacher
 from .module import TeacherModule
-from .multisession import run_dir, trainer_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +127,41 @@ def _segments_with_states(session, split: str) -> tuple[list[tuple[int, int]], l
     state = labels["state"].to_numpy().astype(str)
     segs = session.segments(split)
     return segs, [state[a] for a, _ in segs]
+
+
+def trainer_kwargs(t: TrainConfig) -> dict:
+    """The Lightning Trainer's hardware options from ``train.*``: accelerator, devices, strategy, num_nodes,
+    precision. The CPU defaults (auto on a machine without CUDA, 1 device, 32-true) are the old single-process run.
+
+    Lightning detects SLURM (``SLURM_NTASKS`` etc.) and torchelastic on its own; nothing here depends on it."""
+    if t.accelerator not in ("auto", "cpu", "gpu", "cuda", "mps"):
+        raise InputError("train.accelerator", f"'{t.accelerator}' is not one of auto, cpu, gpu, cuda, mps")
+    if t.devices < 1 or t.num_nodes < 1:
+        raise InputError("train.devices", f"devices ({t.devices}) and num_nodes ({t.num_nodes}) must be >= 1")
+    if t.precision not in ("32-true", "32", "bf16-mixed", "16-mixed", "64-true"):
+        raise InputError("train.precision", f"'{t.precision}' is not one of 32-true, bf16-mixed, 16-mixed, 64-true")
+    # deterministic=True on CUDA needs a fixed cuBLAS workspace (otherwise torch raises on the first matmul)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    return dict(accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
+                precision=t.precision)
+
+
+def run_dir(out: Path, resume: bool) -> Path:
+    """Create ``out``; on a fresh run remove the checkpoints and logs of an earlier one (they would mix with this
+    run's). Only the process of global rank 0 (from the launcher's environment: RANK, LOCAL_RANK, SLURM_PROCID)
+    cleans, so ranks started by srun or Lightning's launcher do not delete what rank 0 is writing. Returns
+    ``out/last.ckpt``; InputError when resuming without it."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    last = out / "last.ckpt"
+    if resume and not last.is_file():
+        raise InputError(last, "nothing to resume from (no last.ckpt)")
+    out.mkdir(parents=True, exist_ok=True)
+    if not resume and getattr(rank_zero_only, "rank", 0) == 0:
+        shutil.rmtree(out / "logs", ignore_errors=True)
+        for name in ("last.ckpt", "best.ckpt"):
+            (out / name).unlink(missing_ok=True)
+    return last
 
 
 def split_units(n_units: int, heldout_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
