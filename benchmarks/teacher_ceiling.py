@@ -10,6 +10,10 @@ teach``) to the true latents, fit on train blocks, scored on test blocks (R^2 pe
 - ``per-state + lags``: the same with the smoothed counts at lags 0, 5, 10, 20 bins concatenated (causal history);
 - ``per-state acausal``: Gaussian smoothing (sigma 20 ms) in both directions: NOT a legal (causal) teacher, the
   reference the simulator's docs quote (0.91).
+- ``--supervised STEPS``: the teacher's own causal encoder (TeacherNet, default width and receptive field) trained
+  for STEPS steps with MSE to the TRUE latents on train blocks (+ a linear head), then scored like gt_r2 (ridge
+  from its 32-dim latent): the ceiling of a causal *nonlinear* encoder of these units, which a self-supervised
+  teacher can approach but not be expected to pass (0 skips it; ~30 s for 400 steps on one core).
 
 Prints one row per variant: mean R^2 and the per-latent R^2 (the simulator's latent names).
 """
@@ -53,11 +57,37 @@ def _lagged(x: np.ndarray, lags=(0, 5, 10, 20)) -> np.ndarray:
     return np.concatenate(out, axis=1)
 
 
+def supervised_ceiling(x: np.ndarray, gt: np.ndarray, split: np.ndarray, segments, steps: int, seed: int):
+    """Per-dim test R^2 of ridge from a causal TeacherNet encoder trained with MSE to the true latents."""
+    import torch
+
+    from neurojepa.teacher.model import TeacherNet
+
+    torch.manual_seed(seed)
+    net = TeacherNet({"session": x.shape[1]}, view_mode="masked")
+    head = torch.nn.Linear(net.embed_dim, gt.shape[1])
+    opt = torch.optim.AdamW([*net.parameters(), *head.parameters()], lr=3e-3, weight_decay=1e-4)
+    warm, length = net.receptive_field - 1, 64
+    starts = np.concatenate([np.arange(a, b - warm - length, 16) for a, b in segments if b - a > warm + length])
+    rng = np.random.default_rng(seed)
+    xt, gtt = torch.as_tensor(x), torch.as_tensor(gt, dtype=torch.float32)
+    for _ in range(steps):
+        idx = rng.choice(starts, 64)[:, None] + np.arange(warm + length)[None]
+        loss = (head(net.encode(xt[idx])[:, warm:]) - gtt[idx][:, warm:]).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    z = net.encode_long(x).numpy()
+    return ridge_r2(z, gt, split == "train", split == "test", per_dim=True)[1]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("prepared")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--heldout-fraction", type=float, default=0.2)
+    ap.add_argument("--supervised", type=int, default=400, metavar="STEPS",
+                    help="steps of the supervised causal-encoder ceiling (0: skip)")
     args = ap.parse_args()
     ps = PreparedSession.load(args.prepared)
     counts, gt = ps.load_counts(), ps.gt_latents
@@ -85,6 +115,9 @@ def main() -> None:
     ac = gaussian_filter1d(np.sqrt(x), sigma=2.0, axis=0)  # sigma 2 bins = 20 ms, both directions
     rows.append(("joint, acausal Gaussian 20 ms (not causal)", ridge_r2(ac, gt, train, test, per_dim=True)[1]))
     rows.append(("per-state, acausal Gaussian 20 ms (not causal)", _per_state_r2(ac, gt, state, split, states)))
+    if args.supervised > 0:
+        dims = supervised_ceiling(x, gt, split, ps.segments("train"), args.supervised, args.seed)
+        rows.append((f"causal TCN encoder trained ON THE TRUE LATENTS, {args.supervised} steps (supervised)", dims))
     print(f"{ps.n_bins} bins, {len(heldin)} held-in units, test blocks; {time.perf_counter() - t0:.0f} s")
     print(f"| variant | mean | {' | '.join(NAMES)} |")
     print("|---|---|" + "---|" * len(NAMES))

@@ -212,8 +212,8 @@ def _teacher_loss_and_grads(mod, counts, views, step=STEP):
 
 
 def _slice_views(views, part):
-    (sa, sb), (ma, mb) = views
-    return (sa[part], sb[part]), (ma[part], mb[part])
+    scales, masks = views  # two views' scales (+ the whole population's with the forward count anchor), two masks
+    return tuple(s[part] for s in scales), tuple(m[part] for m in masks)
 
 
 def _teacher_worker(rank: int, port: int, results) -> None:

@@ -156,8 +156,14 @@ def test_per_state_readouts_are_keyed_by_session_and_state():
     assert grad["state_readouts.b@0.weight"].abs().sum() > 0 and grad["state_readouts.b@2.weight"].abs().sum() > 0
     # a state not in the batch: exactly zero (all of the session's read-outs are evaluated, then picked per window)
     assert grad["state_readouts.b@1.weight"].abs().sum() == 0
-    for n in ("state_readouts.a@0.weight", "net.count_readout.b.weight", "net.readin.a.weight"):
-        assert grad[n] is None  # another session, the shared read-out (unused under per-state read-outs)
+    for n in ("state_readouts.a@0.weight", "net.readin.a.weight"):
+        assert grad[n] is None  # another session
+    # the shared read-out of the batch session acts on the free (untied) latent dims only
+    k = cfg.loss.replay_dims
+    assert k < cfg.model.embed_dim
+    shared = grad["net.count_readout.b.weight"]
+    assert shared[:, :k].abs().sum() == 0 and shared[:, k:].abs().sum() > 0
+    assert grad["state_readouts.b@0.weight"][:, k:].abs().sum() == 0
 
 
 def test_resume_replays_the_same_steps(prepared, teacher, tmp_path):
@@ -179,11 +185,12 @@ def test_resume_replays_the_same_steps(prepared, teacher, tmp_path):
 
 def test_transfer_beats_an_unfitted_read_in(prepared, teacher, tmp_path):
     before = torch.load(teacher / "best.ckpt", weights_only=True)["state_dict"]
-    out = transfer(prepared[3], teacher, tmp_path / "tr", steps=40, eval_every=20, full_eval=False)
+    # 100 steps: this 12-step teacher's new-session fit dips before it rises (0.118 -> 0.088 at step 20 -> 0.172)
+    out = transfer(prepared[3], teacher, tmp_path / "tr", steps=100, eval_every=50, full_eval=False)
     m = json.loads((out / "metrics.json").read_text())["transfer"]
-    assert m["steps"] == 40 and m["fit_seconds"] > 0 and set(m["gt_r2_curve"]) == {"0", "20", "40"}
+    assert m["steps"] == 100 and m["fit_seconds"] > 0 and set(m["gt_r2_curve"]) == {"0", "50", "100"}
     assert m["gt_r2_curve"]["0"] == pytest.approx(m["null"]["gt_r2"])
-    assert m["gt_r2"] == pytest.approx(m["gt_r2_curve"]["40"])
+    assert m["gt_r2"] == pytest.approx(m["gt_r2_curve"]["100"])
     assert m["gt_r2"] > m["null"]["gt_r2"] + 0.03
     # the new session's own replay pairs and per-state read-outs were fitted
     assert m["replay_pairs"] > 0 and all(v > 0 for v in m["train_replay"].values())

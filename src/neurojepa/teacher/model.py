@@ -13,9 +13,11 @@ The read-in is one linear map per session (any unit count -> ``width``), as in L
 models; it acts on sqrt(counts) (variance-stabilising for Poisson counts, the usual PCA/FA preprocessing;
 ``input_transform=log1p`` is the alternative).
 
-Count anchor (:meth:`TeacherNet.log_rates`): a linear + exp Poisson read-out from z_t to every unit's count in
-bin t. Trained cross-view (view A's latent is scored on view B's units), it ties the latent to the population's
-firing rates, which JEPA prediction alone did not (it settled on the flash schedule; see docs/teacher.md).
+Count anchor (:meth:`TeacherNet.readout` and :meth:`TeacherNet.expected_counts`): a Poisson read-out from z_t to
+every unit's count, ``rate = g_u softplus(a_u . z_t + b_u)`` (``count_link="softplus"``, a per-unit gain g_u
+outside the rectifier: a unit's rate scale and its tuning are separate parameters) or ``exp(a_u . z_t + b_u)``
+(``count_link="exp"``, the log-linear GLM). It ties the latent to the population's firing rates, which JEPA
+prediction alone did not (it settled on the flash schedule; see docs/teacher.md).
 
 Two views, complementary halves of the units: a JEPA whose context and target see the same spikes can meet its
 loss by encoding slowly filtered spiking noise (it is predictable 100 ms ahead, and it did exactly that in our
@@ -29,6 +31,8 @@ units were silenced; with the count anchor this did not recur (docs/teacher.md).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -89,7 +93,7 @@ class TeacherNet(nn.Module):
     def __init__(self, sessions: dict[str, int], width: int = 64, embed_dim: int = 32, kernel: int = 3,
                  dilations=(1, 2, 4, 8), horizon: int = 10, predictor_hidden: int = 128, seed: int = 0,
                  smooth_bins: int = 16, input_transform: str = "sqrt", linear_skip: bool = True,
-                 view_mode: str = "halves"):
+                 view_mode: str = "halves", count_link: str = "exp"):
         super().__init__()
         if input_transform not in _TRANSFORMS:
             raise ValueError(f"input_transform must be one of {sorted(_TRANSFORMS)}, not {input_transform!r}")
@@ -105,6 +109,12 @@ class TeacherNet(nn.Module):
         # count anchor: log rate of every unit in bin t = linear map of z_t (a Poisson GLM read-out, as in the
         # co-smoothing metric); trained cross-view, so a view's latent is scored on units it never sees
         self.count_readout = nn.ModuleDict({k: nn.Linear(embed_dim, n) for k, n in sessions.items()})
+        if count_link not in ("exp", "softplus"):
+            raise ValueError(f"count_link must be exp or softplus, not {count_link!r}")
+        self.count_link = count_link
+        # softplus link: each unit's log gain g_u (the rate scale outside the rectifier)
+        self.count_gain = nn.ParameterDict({k: nn.Parameter(torch.zeros(n)) for k, n in sessions.items()}) \
+            if count_link == "softplus" else None
         self.smoother = CausalSmoother(width, smooth_bins)
         self.blocks = nn.ModuleList([ResidualBlock(width, kernel, d) for d in dilations])
         self.head = nn.Linear(width, embed_dim)
@@ -112,9 +122,12 @@ class TeacherNet(nn.Module):
         self.skip = nn.Linear(width, embed_dim, bias=False) if linear_skip else None
         self.horizon, self.embed_dim = horizon, embed_dim
         self.receptive_field = smooth_bins + (kernel - 1) * sum(dilations)
-        self.predictor = nn.Sequential(nn.Linear(embed_dim, predictor_hidden), nn.GELU(),
-                                       nn.Linear(predictor_hidden, predictor_hidden), nn.GELU(),
-                                       nn.Linear(predictor_hidden, (horizon + 1) * embed_dim))
+        # predictor_hidden 0: a linear predictor (the default: it favours a latent whose dynamics are linear,
+        # as the simulator's filtered-impulse latents are, and gave the best gt_r2, docs/teacher.md); > 0: an MLP
+        out = (horizon + 1) * embed_dim
+        self.predictor = nn.Linear(embed_dim, out) if predictor_hidden == 0 else nn.Sequential(
+            nn.Linear(embed_dim, predictor_hidden), nn.GELU(), nn.Linear(predictor_hidden, predictor_hidden),
+            nn.GELU(), nn.Linear(predictor_hidden, out))
 
     def encode(self, counts: torch.Tensor, session: str = "session", scale: torch.Tensor | None = None) -> torch.Tensor:
         """counts: (B, T, U) spikes per bin (float) -> z: (B, T, D), z[:, t] a function of counts[:, :t+1].
@@ -156,9 +169,28 @@ class TeacherNet(nn.Module):
         a, b = self.view_masks(counts.shape[0], session)
         return 0.5 * (self.encode(counts, session, 2 * a) + self.encode(counts, session, 2 * b))
 
-    def log_rates(self, z: torch.Tensor, session: str = "session") -> torch.Tensor:
-        """z: (B, T, D) -> (B, T, U) log expected spike counts per bin of every unit of the session."""
+    def readout(self, z: torch.Tensor, session: str = "session") -> torch.Tensor:
+        """z: (B, T, D) -> (B, T, U) the count read-out's linear predictor a_u . z + b_u of every unit."""
         return self.count_readout[session](z)
+
+    def init_count_readout(self, readouts, mean_counts: torch.Tensor, session: str = "session") -> None:
+        """Start the given count read-outs (nn.Linear) of ``session`` at every unit's mean count per bin (U,):
+        exp link: bias = log mean; softplus link: gain = mean, bias = softplus^-1(1), so the rectifier starts in
+        its linear range with the gain carrying the unit's rate."""
+        with torch.no_grad():
+            for ro in readouts:
+                if self.count_gain is None:
+                    ro.bias.copy_(torch.log(mean_counts + 1e-3))
+                else:
+                    ro.bias.fill_(math.log(math.e - 1.0))
+            if self.count_gain is not None:
+                self.count_gain[session].copy_(torch.log(mean_counts + 1e-3))
+
+    def expected_counts(self, eta: torch.Tensor, session: str = "session") -> torch.Tensor:
+        """The read-out's linear predictor eta (B, T, U) -> expected counts per bin (the link, ``count_link``)."""
+        if self.count_gain is None:
+            return torch.exp(eta)
+        return nn.functional.softplus(eta) * torch.exp(self.count_gain[session]) + 1e-8
 
     def predict(self, z: torch.Tensor) -> torch.Tensor:
         """z: (B, T, D) -> (B, T, K + 1, D): [:, :, 0] the other view's latent now, [:, :, k] the forecast of the

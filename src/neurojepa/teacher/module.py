@@ -5,8 +5,15 @@ only give the causal encoder its history (so training sees the same context as e
 next ``window`` bins carry the loss, and the last K bins supply the forecast targets.
 
     loss = (1 - lam) * mean |predict(z_t) - z'_{t..t+K}|^2 + lam * regulariser(z)    (z': the other view)
-           + mu * PoissonNLL(exp(readout(z_t)), counts of the other view's units in bin t)   (count anchor)
+           + mu * PoissonNLL(read-out(z_t), counts in bin t + 1)                              (count anchor)
            + w * mean |z_active[..., :k] - z_passive[..., :k]|^2 / var                       (replay term)
+
+Count anchor (``loss.count_mode``). ``forward`` (default): a third encoding, of the whole population (the latent
+the teacher reports), predicts every unit's count in the NEXT bin; spiking noise is independent across bins, so
+encoding the noise cannot help, and the encoder is trained on the input it is evaluated on (the views see half the
+units each). ``cross``: each view's z_t predicts the counts in bin t of the units that view does not see (the
+previous default). The read-out's link is ``loss.count_link`` (softplus with a per-unit gain, or exp; model.py).
+In forward mode the regulariser and the replay term see the whole-population latent too (it is the one reported).
 
 Replay term (``loss.replay_weight`` w, ``loss.replay_dims`` k; teacher/replay.py): a paired batch holds B/2 active
 windows and, in the same order, the B/2 passive windows at the replayed times (same stimulus-driven latents,
@@ -50,6 +57,26 @@ def spike_total(y: torch.Tensor) -> torch.Tensor:
     return total
 
 
+def state_readout_eta(z: torch.Tensor, state: torch.Tensor, per_state: list[nn.Linear], shared: nn.Linear,
+                      tied: int) -> torch.Tensor:
+    """The per-state count read-out's linear predictor: z (B, T, D), state (B,) codes -> (B, T, U).
+
+    ``tied`` >= D (every latent dim tied across replay pairs): each state's own linear map and bias.
+    ``tied`` = k < D: each state's own weights act on the tied dims z[..., :k], centred on the batch mean (no bias),
+    and ONE map and bias shared by all states act on the free dims z[..., k:]. The state's change of the code (the
+    weights) lives in the read-out, but a change of the rates that is the same for every stimulus (the state's
+    rate offset) can come neither from a per-state bias nor, through the centring, from the tied dims' mean: the
+    latent must carry it in the free dims, i.e. it encodes the brain state there, where one GLM across states
+    (the cobps metric) can use it. Measured (docs/teacher.md): k = 31 beat k = 32 on gt_r2 (+0.013) and cobps
+    (+0.014). Under DDP the batch mean is each rank's (a state-balanced batch either way)."""
+    rows = torch.arange(z.shape[0])
+    if tied >= z.shape[-1]:
+        return torch.stack([ro(z) for ro in per_state])[state, rows]  # (S, B, T, U); S is 2-3, cheap
+    zt = z[..., :tied] - z[..., :tied].mean(dim=(0, 1), keepdim=True)
+    own = torch.stack([nn.functional.linear(zt, ro.weight[:, :tied]) for ro in per_state])[state, rows]
+    return own + nn.functional.linear(z[..., tied:], shared.weight[:, tied:], shared.bias)
+
+
 def replay_distance(z: torch.Tensor, normalise: bool = True) -> torch.Tensor:
     """Mean squared difference between the first and second half of a batch of latents z: (B, T, k) (rows i and
     i + B/2 are replay partners). normalise: each dim's squared difference is divided by that dim's variance over
@@ -73,7 +100,7 @@ class TeacherModule(L.LightningModule):
         self.net = TeacherNet({k: n_units for k in self.state_keys}, width=m.width, embed_dim=m.embed_dim, kernel=m.kernel,
                               dilations=tuple(m.dilations), horizon=m.horizon, predictor_hidden=m.predictor_hidden,
                               seed=cfg.train.seed, smooth_bins=m.smooth_bins, input_transform=m.input_transform,
-                              linear_skip=m.linear_skip, view_mode=m.views)
+                              linear_skip=m.linear_skip, view_mode=m.views, count_link=cfg.loss.count_link)
         self.target_net = None
         if cfg.loss.target == "ema":
             self.target_net = copy.deepcopy(self.net).requires_grad_(False)
@@ -84,11 +111,11 @@ class TeacherModule(L.LightningModule):
         self.state_readout = (nn.ModuleList([nn.Linear(m.embed_dim, n_units) for _ in range(n_states)])
                               if cfg.loss.state_readout and n_states > 1 else None)
 
-    def init_readout_bias(self, log_mean: torch.Tensor) -> None:
-        """Start every count read-out at the units' mean log rate (U,): the anchor's gradient is then all signal."""
-        with torch.no_grad():
-            for ro in [self.net.count_readout[self.session], *(self.state_readout or [])]:
-                ro.bias.copy_(log_mean)
+    def init_readout_bias(self, mean_counts: torch.Tensor) -> None:
+        """Start every count read-out at the units' mean count per bin (U,): the anchor's gradient is then all
+        signal (:meth:`TeacherNet.init_count_readout`)."""
+        self.net.init_count_readout([self.net.count_readout[self.session], *(self.state_readout or [])],
+                                    mean_counts, self.session)
 
     def encode(self, net: TeacherNet, counts: torch.Tensor, scale: torch.Tensor | None = None,
                state: torch.Tensor | None = None) -> torch.Tensor:
@@ -119,18 +146,33 @@ class TeacherModule(L.LightningModule):
             state = torch.cat([state[:, 0], state[:, 1]]) if state is not None else None
         return counts, state, paired
 
-    def log_rates(self, z: torch.Tensor, state: torch.Tensor | None) -> torch.Tensor:
-        """z: (B, T, D) -> (B, T, U) log counts per bin: the shared read-out, or each window's state's one."""
+    def readout(self, z: torch.Tensor, state: torch.Tensor | None) -> torch.Tensor:
+        """z: (B, T, D) -> (B, T, U) the count read-out's linear predictor: the shared read-out, or each window's
+        state's one (:func:`state_readout_eta`)."""
         if self.state_readout is None or state is None:
-            return self.net.log_rates(z, self.session)
-        out = torch.stack([ro(z) for ro in self.state_readout])  # (S, B, T, U); S is 2-3, cheap
-        return out[state, torch.arange(z.shape[0])]
+            return self.net.readout(z, self.session)
+        return state_readout_eta(z, state, list(self.state_readout), self.net.count_readout[self.session],
+                                 self.cfg.loss.replay_dims)
+
+    def count_nll(self, z: torch.Tensor, y: torch.Tensor, state: torch.Tensor | None,
+                  weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Poisson NLL (without the log y! term) of counts y (B, T, U) given latents z (B, T, D), in nats per
+        spike (so mu does not depend on the firing rates, like bits/spike); weight (broadcastable, 0/1) picks units."""
+        eta = self.readout(z, state)
+        if self.net.count_link == "exp":  # the log-linear GLM: exp(eta) - y * eta, computed stably
+            nll = nn.functional.poisson_nll_loss(eta, y, log_input=True, full=False, reduction="none")
+        else:
+            rate = self.net.expected_counts(eta, self.session)
+            nll = rate - y * torch.log(rate)
+        if weight is None:
+            return nll.sum() / spike_total(y).clamp_min(1.0)
+        return (nll * weight).sum() / spike_total(y * weight).clamp_min(1.0)
 
     # ----------------------------------------------------------------------------------------------- the loss
-    def _views(self, counts: torch.Tensor, step: int) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple]:
+    def _views(self, counts: torch.Tensor, step: int) -> tuple[tuple[torch.Tensor, ...], tuple]:
         """The two views' input scales (each (B, 1, U): mask * 2 * per-unit gain jitter * dropout, see
-        :meth:`TeacherNet.view_masks`) and their 0/1 masks. The jitter changes the code's read-out, not the
-        dynamics."""
+        :meth:`TeacherNet.view_masks`) and their 0/1 masks; with the forward count anchor a third scale, the whole
+        population's (gain jitter only). The jitter changes the code's read-out, not the dynamics."""
         a = self.cfg.augment
         g = torch.Generator().manual_seed(self.cfg.train.seed * 7919 + step)
         b, _, u = counts.shape
@@ -139,7 +181,14 @@ class TeacherModule(L.LightningModule):
         if a.unit_dropout > 0:  # silenced units, the survivors scaled so the expected drive is unchanged
             gain = gain * (torch.rand(2, b, 1, u, generator=g) >= a.unit_dropout) / (1 - a.unit_dropout)
         gain = gain.to(counts)
-        return (2 * masks[0] * gain[0], 2 * masks[1] * gain[1]), masks
+        scales = (2 * masks[0] * gain[0], 2 * masks[1] * gain[1])
+        if self.forward_anchor:
+            scales += (torch.exp(a.gain_jitter * torch.randn(b, 1, u, generator=g)).to(counts),)
+        return scales, masks
+
+    @property
+    def forward_anchor(self) -> bool:
+        return self.cfg.loss.count_weight > 0 and self.cfg.loss.count_mode == "forward"
 
     def losses(self, counts: torch.Tensor, views: tuple, step: int, state: torch.Tensor | None = None,
                paired: bool = False) -> dict[str, torch.Tensor]:
@@ -148,14 +197,15 @@ class TeacherModule(L.LightningModule):
         reg, count, replay).
 
         Each view's z_t predicts the other view's z_{t..t+K} (symmetrised); the regulariser sees both; with
-        ``loss.count_weight`` > 0 each view's z_t also predicts, through the Poisson read-out, the counts in bin
-        t of the units only the other view sees."""
+        ``loss.count_weight`` > 0 the count anchor (module docstring): ``forward``, the whole population's z_t
+        predicts every unit's count in bin t + 1 (and joins the regulariser and the replay term); ``cross``, each
+        view's z_t predicts the counts in bin t of the units only the other view sees."""
         c, k, w = self.cfg, self.net.horizon, self.cfg.train.window
         scales, masks = views
-        z = [self.encode(self.net, counts, sc, state) for sc in scales]  # 2 x (B, L, D)
+        z = [self.encode(self.net, counts, sc, state) for sc in scales[:2]]  # 2 x (B, L, D)
         if self.target_net is not None:
             with torch.no_grad():
-                z_tgt = [self.encode(self.target_net, counts, sc, state) for sc in scales]
+                z_tgt = [self.encode(self.target_net, counts, sc, state) for sc in scales[:2]]
         else:
             z_tgt = z
         pred_loss = reg = count_loss = replay = torch.zeros(())
@@ -168,15 +218,19 @@ class TeacherModule(L.LightningModule):
             reg = reg + 0.5 * regulariser(c.loss.regulariser, z_ctx[:, ::c.loss.time_stride], step,
                                           num_slices=c.loss.num_slices, seed=c.train.seed + i,
                                           time_weight=c.loss.time_weight)
-            if c.loss.count_weight > 0:
+            if c.loss.count_weight > 0 and not self.forward_anchor:
                 other = masks[1 - i]  # (B, 1, U): units view i never sees
-                y = counts[:, self.warm:self.warm + w]
-                nll = nn.functional.poisson_nll_loss(self.log_rates(z_ctx, state), y, log_input=True,
-                                                     full=False, reduction="none")
-                # nats per spike, so that mu does not depend on the firing rates (like bits/spike)
-                count_loss = count_loss + 0.5 * (nll * other).sum() / spike_total(y * other).clamp_min(1.0)
+                count_loss = count_loss + 0.5 * self.count_nll(z_ctx, counts[:, self.warm:self.warm + w], state, other)
             if paired and c.loss.replay_weight > 0:
                 replay = replay + 0.5 * replay_distance(z_ctx[..., :c.loss.replay_dims], c.loss.replay_norm)
+        if self.forward_anchor:
+            z_all = self.encode(self.net, counts, scales[2], state)[:, self.warm:self.warm + w]
+            count_loss = self.count_nll(z_all, counts[:, self.warm + 1:self.warm + w + 1], state)
+            reg = (2 * reg + regulariser(c.loss.regulariser, z_all[:, ::c.loss.time_stride], step,
+                                         num_slices=c.loss.num_slices, seed=c.train.seed + 2,
+                                         time_weight=c.loss.time_weight)) / 3
+            if paired and c.loss.replay_weight > 0:
+                replay = 0.5 * replay + 0.5 * replay_distance(z_all[..., :c.loss.replay_dims], c.loss.replay_norm)
         loss = ((1 - c.loss.lam) * pred_loss + c.loss.lam * reg + c.loss.count_weight * count_loss
                 + c.loss.replay_weight * replay)
         return dict(loss=loss, pred=pred_loss.detach(), reg=reg.detach(), count=count_loss.detach(),

@@ -53,9 +53,9 @@ import numpy as np
 import torch
 
 from ..errors import InputError, atomic_path
-from .config import TeacherConfig
+from .config import TeacherConfig, check_choices
 from .model import TeacherNet
-from .module import TeacherModule
+from .module import TeacherModule, state_readout_eta
 from .train import _GoodCheckpoint, run_dir, split_units, trainer_kwargs
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,8 @@ class MultiSessionTeacher(TeacherModule):
         self.net = TeacherNet(dict(zip(self.keys, sessions.values())), width=m.width, embed_dim=m.embed_dim,
                               kernel=m.kernel, dilations=tuple(m.dilations), horizon=m.horizon,
                               predictor_hidden=m.predictor_hidden, seed=cfg.train.seed, smooth_bins=m.smooth_bins,
-                              input_transform=m.input_transform, linear_skip=m.linear_skip, view_mode=m.views)
+                              input_transform=m.input_transform, linear_skip=m.linear_skip, view_mode=m.views,
+                              count_link=cfg.loss.count_link)
         if self.target_net is not None:
             self.target_net = copy.deepcopy(self.net).requires_grad_(False)
         self.session = self.keys[0]
@@ -102,29 +103,32 @@ class MultiSessionTeacher(TeacherModule):
                 f"{k}@{i}": torch.nn.Linear(m.embed_dim, sessions[n])
                 for k, n in zip(self.keys, self.names) if self.n_states[k] > 1 for i in range(self.n_states[k])})
 
-    def init_session_bias(self, key: str, log_mean: torch.Tensor) -> None:
-        """Start session ``key``'s count read-outs (shared and per state) at its units' mean log rate (U,)."""
-        with torch.no_grad():
-            self.net.count_readout[key].bias.copy_(log_mean)
-            for i in range(self.n_states[key] if self.state_readouts is not None else 0):
-                if f"{key}@{i}" in self.state_readouts:
-                    self.state_readouts[f"{key}@{i}"].bias.copy_(log_mean)
+    def init_session_bias(self, key: str, mean_counts: torch.Tensor) -> None:
+        """Start session ``key``'s count read-outs (shared and per state) at its units' mean count per bin (U,)."""
+        ros = [self.net.count_readout[key]]
+        for i in range(self.n_states[key] if self.state_readouts is not None else 0):
+            if f"{key}@{i}" in self.state_readouts:
+                ros.append(self.state_readouts[f"{key}@{i}"])
+        self.net.init_count_readout(ros, mean_counts, key)
 
     def session_parameters(self, key: str) -> list[torch.nn.Parameter]:
-        """Session ``key``'s own parameters: read-in, count read-out, per-state count read-outs."""
+        """Session ``key``'s own parameters: read-in, count read-out (and gains), per-state count read-outs."""
         ps = [*self.net.readin[key].parameters(), *self.net.count_readout[key].parameters()]
+        if self.net.count_gain is not None:
+            ps.append(self.net.count_gain[key])
         if self.state_readouts is not None:
             ps += [p for name, ro in self.state_readouts.items() if name.startswith(f"{key}@") for p in ro.parameters()]
         return ps
 
-    def log_rates(self, z: torch.Tensor, state: torch.Tensor | None) -> torch.Tensor:
-        """z: (B, T, D) -> (B, T, U): the batch session's per-state read-out of each window's state (state (B,)
-        codes), or its shared read-out (one state, ``loss.state_readout`` off, or no codes)."""
+    def readout(self, z: torch.Tensor, state: torch.Tensor | None) -> torch.Tensor:
+        """z: (B, T, D) -> (B, T, U) the count read-out's linear predictor: the batch session's per-state read-out
+        of each window's state (state (B,) codes; :func:`state_readout_eta`), or its shared read-out (one state,
+        ``loss.state_readout`` off, or no codes)."""
         n = self.n_states.get(self.session, 0)
         if self.state_readouts is None or state is None or n < 2:
-            return self.net.log_rates(z, self.session)
-        out = torch.stack([self.state_readouts[f"{self.session}@{i}"](z) for i in range(n)])  # (S, B, T, U)
-        return out[state, torch.arange(z.shape[0])]
+            return self.net.readout(z, self.session)
+        return state_readout_eta(z, state, [self.state_readouts[f"{self.session}@{i}"] for i in range(n)],
+                                 self.net.count_readout[self.session], self.cfg.loss.replay_dims)
 
     def _session_loss(self, batch: dict, step: int) -> tuple[dict, int]:
         self.session = self.keys[int(batch["session"])]
@@ -145,7 +149,8 @@ class MultiSessionTeacher(TeacherModule):
             # the other sessions' read-in/read-out get an exact-zero gradient on this rank: DDP's buckets expect
             # a gradient for every parameter (the alternative, find_unused_parameters, walks the graph each step)
             loss = loss + 0.0 * sum(p.sum() for p in self.net.readin.parameters()) \
-                + 0.0 * sum(p.sum() for p in self.net.count_readout.parameters())
+                + 0.0 * sum(p.sum() for p in self.net.count_readout.parameters()) \
+                + 0.0 * sum(p.sum() for p in (self.net.count_gain or {}).values())
             if self.state_readouts is not None:
                 loss = loss + 0.0 * sum(p.sum() for p in self.state_readouts.parameters())
         self.log_dict({"train_loss": out["loss"], "train_pred": out["pred"], "train_reg": out["reg"],
@@ -276,8 +281,8 @@ def _session_names(dirs: list[Path]) -> list[str]:
     return names
 
 
-def _mean_log_rate(path: Path, heldin: np.ndarray) -> np.ndarray:
-    """log(mean count + 1e-3) of the held-in units over the train split, read in row chunks (bounded memory)."""
+def _mean_count(path: Path, heldin: np.ndarray) -> np.ndarray:
+    """Mean count per bin of the held-in units over the train split, read in row chunks (bounded memory)."""
     import h5py
 
     from ..data.dataset import SPLITS
@@ -289,7 +294,7 @@ def _mean_log_rate(path: Path, heldin: np.ndarray) -> np.ndarray:
             rows = counts[a:a + step][split[a:a + step]][:, heldin]
             total += rows.sum(0)
             n += rows.shape[0]
-    return np.log(total / max(n, 1) + 1e-3)
+    return total / max(n, 1)
 
 
 
@@ -314,10 +319,7 @@ def teach_many(dataset_dirs: Sequence[str | os.PathLike], out_dir, cfg: TeacherC
     if not dirs:
         raise InputError("sessions", "no prepared dataset directory given")
     names = _session_names(dirs)
-    if cfg.loss.regulariser not in ("sigreg", "vicreg", "none"):
-        raise InputError("loss.regulariser", f"'{cfg.loss.regulariser}' is not one of sigreg, vicreg, none")
-    if cfg.loss.target not in ("self", "ema"):
-        raise InputError("loss.target", f"'{cfg.loss.target}' is not one of self, ema")
+    check_choices(cfg)
     out = Path(out_dir)
     last = run_dir(out, resume)
     torch.set_num_threads(cfg.train.threads)
@@ -341,7 +343,7 @@ def teach_many(dataset_dirs: Sequence[str | os.PathLike], out_dir, cfg: TeacherC
                                  {n: s["states"] for n, s in sessions.items()})
     assert module.warm == warm, (module.warm, warm)
     for key, name, d in zip(module.keys, names, dirs):  # count read-outs start at the units' mean rate
-        module.init_session_bias(key, torch.as_tensor(_mean_log_rate(d, np.asarray(sessions[name]["heldin"])),
+        module.init_session_bias(key, torch.as_tensor(_mean_count(d, np.asarray(sessions[name]["heldin"])),
                                                       dtype=torch.float32))
 
     ckpt = _GoodCheckpoint(dirpath=out, filename="best", monitor="val_loss", mode="min", enable_version_counter=False)

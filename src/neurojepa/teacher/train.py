@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..config import save_config, to_dict
 from ..errors import InputError, atomic_path
-from .config import TeacherConfig, TrainConfig
+from .config import TeacherConfig, TrainConfig, check_choices
 from .evaluate import evaluate_teacher
 from .module import TeacherModule
 
@@ -247,10 +247,7 @@ def teach_session(session, out_dir, cfg: TeacherConfig | None = None, resume: bo
     for name, given in (("train_states", train_states), ("test_states", test_states)):
         if set(given) - known:
             raise InputError(name, f"unknown state(s) {sorted(set(given) - known)}; the session has {sorted(known)}")
-    if cfg.loss.regulariser not in ("sigreg", "vicreg", "none"):
-        raise InputError("loss.regulariser", f"'{cfg.loss.regulariser}' is not one of sigreg, vicreg, none")
-    if cfg.loss.target not in ("self", "ema"):
-        raise InputError("loss.target", f"'{cfg.loss.target}' is not one of self, ema")
+    check_choices(cfg)
     out = Path(out_dir)
     last = run_dir(out, resume)  # a fresh run clears stale checkpoints and logs (rank 0 only)
     torch.set_num_threads(cfg.train.threads)
@@ -263,7 +260,7 @@ def teach_session(session, out_dir, cfg: TeacherConfig | None = None, resume: bo
     per_state = cfg.loss.state_readout or cfg.model.state_readin
     codes = {s: i for i, s in enumerate(sorted(known))} if per_state and known else None
     module = TeacherModule(cfg, n_units=len(heldin), n_states=max(1, len(known)))
-    module.init_readout_bias(torch.as_tensor(np.log(x.mean(0) + 1e-3), dtype=torch.float32))
+    module.init_readout_bias(torch.as_tensor(x.mean(0), dtype=torch.float32))
     length = module.warm + cfg.train.window + cfg.model.horizon
     segs, states = _keep_states(*_segments_with_states(session, "train"), train_states)
     train_ds = Windows(x, segs, length, cfg.train.stride, states, codes)

@@ -70,7 +70,7 @@ def load_multisession_teacher(teacher_dir, extra: dict[str, list[int]] | None = 
     missing, unexpected = module.load_state_dict(state, strict=False)
     new_keys = {module.keys[module.names.index(n)] for n in (extra or {})}
     stray = [k for k in missing
-             if not any(k.endswith(f"_{nk}") or f".{nk}." in k or f".{nk}@" in k for nk in new_keys)]
+             if not any(k.endswith((f"_{nk}", f".{nk}")) or f".{nk}." in k or f".{nk}@" in k for nk in new_keys)]
     if stray or unexpected:
         raise InputError(ckpt, f"checkpoint does not match the teacher's config (missing {stray[:3]}, "
                                f"unexpected {list(unexpected)[:3]})")
@@ -124,7 +124,7 @@ def transfer(dataset_dir, teacher_dir, out_dir, steps: int = 300, lr: float = 1e
     counts = ps.load_counts()
     x = np.ascontiguousarray(counts[:, heldin])
     # the count read-outs start at the units' mean rate, as in training
-    module.init_session_bias(key, torch.as_tensor(np.log(x.mean(0) + 1e-3), dtype=torch.float32))
+    module.init_session_bias(key, torch.as_tensor(x.mean(0), dtype=torch.float32))
     module.requires_grad_(False)
     trainable = module.session_parameters(key)
     for p in trainable:
@@ -201,6 +201,7 @@ def transfer(dataset_dir, teacher_dir, out_dir, steps: int = 300, lr: float = 1e
     with atomic_path(out_dir / "readin.pt") as tmp:
         torch.save({f"readin.{k}": v.detach().clone() for k, v in net.readin[key].state_dict().items()}
                    | {f"count_readout.{k}": v.detach().clone() for k, v in net.count_readout[key].state_dict().items()}
+                   | ({"count_gain": net.count_gain[key].detach().clone()} if net.count_gain is not None else {})
                    | per_state | {"heldin": torch.as_tensor(heldin)}, tmp)
     write_latents(out_dir / "latents.npz", z, ps, str(Path(dataset_dir).resolve()), heldin, heldout)
     with atomic_path(out_dir / "metrics.json") as tmp:
