@@ -106,8 +106,7 @@ class TeacherNet(nn.Module):
         for k, n in sessions.items():
             self.register_buffer(f"half_{k}", (torch.randperm(n, generator=g) < n // 2).float())
         self.readin = nn.ModuleDict({k: nn.Linear(n, width) for k, n in sessions.items()})
-        # count anchor: log rate of every unit in bin t = linear map of z_t (a Poisson GLM read-out, as in the
-        # co-smoothing metric); trained cross-view, so a view's latent is scored on units it never sees
+        # count anchor: each unit's linear predictor a_u . z_t + b_u, through the link below (module docstring)
         self.count_readout = nn.ModuleDict({k: nn.Linear(embed_dim, n) for k, n in sessions.items()})
         if count_link not in ("exp", "softplus"):
             raise ValueError(f"count_link must be exp or softplus, not {count_link!r}")
@@ -177,14 +176,13 @@ class TeacherNet(nn.Module):
         """Start the given count read-outs (nn.Linear) of ``session`` at every unit's mean count per bin (U,):
         exp link: bias = log mean; softplus link: gain = mean, bias = softplus^-1(1), so the rectifier starts in
         its linear range with the gain carrying the unit's rate."""
+        log_mean = torch.log(mean_counts + 1e-3)
+        bias = log_mean if self.count_gain is None else torch.full_like(log_mean, math.log(math.e - 1.0))
         with torch.no_grad():
             for ro in readouts:
-                if self.count_gain is None:
-                    ro.bias.copy_(torch.log(mean_counts + 1e-3))
-                else:
-                    ro.bias.fill_(math.log(math.e - 1.0))
+                ro.bias.copy_(bias)
             if self.count_gain is not None:
-                self.count_gain[session].copy_(torch.log(mean_counts + 1e-3))
+                self.count_gain[session].copy_(log_mean)
 
     def expected_counts(self, eta: torch.Tensor, session: str = "session") -> torch.Tensor:
         """The read-out's linear predictor eta (B, T, U) -> expected counts per bin (the link, ``count_link``)."""

@@ -146,13 +146,17 @@ class TeacherModule(L.LightningModule):
             state = torch.cat([state[:, 0], state[:, 1]]) if state is not None else None
         return counts, state, paired
 
+    def state_readouts_of_session(self) -> list[nn.Linear] | None:
+        """The current session's per-state count read-outs, state code order (None: one shared read-out)."""
+        return list(self.state_readout) if self.state_readout is not None else None
+
     def readout(self, z: torch.Tensor, state: torch.Tensor | None) -> torch.Tensor:
         """z: (B, T, D) -> (B, T, U) the count read-out's linear predictor: the shared read-out, or each window's
         state's one (:func:`state_readout_eta`)."""
-        if self.state_readout is None or state is None:
+        per_state = self.state_readouts_of_session()
+        if per_state is None or state is None:
             return self.net.readout(z, self.session)
-        return state_readout_eta(z, state, list(self.state_readout), self.net.count_readout[self.session],
-                                 self.cfg.loss.replay_dims)
+        return state_readout_eta(z, state, per_state, self.net.count_readout[self.session], self.cfg.loss.replay_dims)
 
     def count_nll(self, z: torch.Tensor, y: torch.Tensor, state: torch.Tensor | None,
                   weight: torch.Tensor | None = None) -> torch.Tensor:
@@ -209,28 +213,32 @@ class TeacherModule(L.LightningModule):
         else:
             z_tgt = z
         pred_loss = reg = count_loss = replay = torch.zeros(())
+
+        def reg_of(zc: torch.Tensor, i: int) -> torch.Tensor:  # encoding i's regulariser (its own directions' seed)
+            return regulariser(c.loss.regulariser, zc[:, ::c.loss.time_stride], step, num_slices=c.loss.num_slices,
+                               seed=c.train.seed + i, time_weight=c.loss.time_weight)
+
+        def tie(zc: torch.Tensor) -> torch.Tensor:  # replay distance of the tied dims
+            return replay_distance(zc[..., :c.loss.replay_dims], c.loss.replay_norm)
+
         for i in range(2):
             z_ctx = z[i][:, self.warm:self.warm + w]  # (B, window, D)
             # targets[b, t, j] = z_other[b, warm + t + j] for j <= K: (B, window, K + 1, D); j = 0 is the
             # cross-view agreement now, j >= 1 the forecast
             targets = z_tgt[1 - i][:, self.warm:].unfold(1, k + 1, 1)[:, :w].permute(0, 1, 3, 2)
             pred_loss = pred_loss + 0.5 * (self.net.predict(z_ctx) - targets).square().mean()
-            reg = reg + 0.5 * regulariser(c.loss.regulariser, z_ctx[:, ::c.loss.time_stride], step,
-                                          num_slices=c.loss.num_slices, seed=c.train.seed + i,
-                                          time_weight=c.loss.time_weight)
+            reg = reg + 0.5 * reg_of(z_ctx, i)
             if c.loss.count_weight > 0 and not self.forward_anchor:
                 other = masks[1 - i]  # (B, 1, U): units view i never sees
                 count_loss = count_loss + 0.5 * self.count_nll(z_ctx, counts[:, self.warm:self.warm + w], state, other)
             if paired and c.loss.replay_weight > 0:
-                replay = replay + 0.5 * replay_distance(z_ctx[..., :c.loss.replay_dims], c.loss.replay_norm)
+                replay = replay + 0.5 * tie(z_ctx)
         if self.forward_anchor:
             z_all = self.encode(self.net, counts, scales[2], state)[:, self.warm:self.warm + w]
             count_loss = self.count_nll(z_all, counts[:, self.warm + 1:self.warm + w + 1], state)
-            reg = (2 * reg + regulariser(c.loss.regulariser, z_all[:, ::c.loss.time_stride], step,
-                                         num_slices=c.loss.num_slices, seed=c.train.seed + 2,
-                                         time_weight=c.loss.time_weight)) / 3
+            reg = (2 * reg + reg_of(z_all, 2)) / 3
             if paired and c.loss.replay_weight > 0:
-                replay = 0.5 * replay + 0.5 * replay_distance(z_all[..., :c.loss.replay_dims], c.loss.replay_norm)
+                replay = 0.5 * replay + 0.5 * tie(z_all)
         loss = ((1 - c.loss.lam) * pred_loss + c.loss.lam * reg + c.loss.count_weight * count_loss
                 + c.loss.replay_weight * replay)
         return dict(loss=loss, pred=pred_loss.detach(), reg=reg.detach(), count=count_loss.detach(),

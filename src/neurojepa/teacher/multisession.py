@@ -55,7 +55,7 @@ import torch
 from ..errors import InputError, atomic_path
 from .config import TeacherConfig, check_choices
 from .model import TeacherNet
-from .module import TeacherModule, state_readout_eta
+from .module import TeacherModule
 from .train import _GoodCheckpoint, run_dir, split_units, trainer_kwargs
 
 log = logging.getLogger(__name__)
@@ -120,15 +120,13 @@ class MultiSessionTeacher(TeacherModule):
             ps += [p for name, ro in self.state_readouts.items() if name.startswith(f"{key}@") for p in ro.parameters()]
         return ps
 
-    def readout(self, z: torch.Tensor, state: torch.Tensor | None) -> torch.Tensor:
-        """z: (B, T, D) -> (B, T, U) the count read-out's linear predictor: the batch session's per-state read-out
-        of each window's state (state (B,) codes; :func:`state_readout_eta`), or its shared read-out (one state,
-        ``loss.state_readout`` off, or no codes)."""
+    def state_readouts_of_session(self) -> list[torch.nn.Linear] | None:
+        """The batch session's per-state count read-outs (state code order), or None where it has one shared
+        read-out (one state, or ``loss.state_readout`` off); :meth:`TeacherModule.readout` uses them."""
         n = self.n_states.get(self.session, 0)
-        if self.state_readouts is None or state is None or n < 2:
-            return self.net.readout(z, self.session)
-        return state_readout_eta(z, state, [self.state_readouts[f"{self.session}@{i}"] for i in range(n)],
-                                 self.net.count_readout[self.session], self.cfg.loss.replay_dims)
+        if self.state_readouts is None or n < 2:
+            return None
+        return [self.state_readouts[f"{self.session}@{i}"] for i in range(n)]
 
     def _session_loss(self, batch: dict, step: int) -> tuple[dict, int]:
         self.session = self.keys[int(batch["session"])]
