@@ -216,7 +216,8 @@ class TeacherModule(L.LightningModule):
 
         def reg_of(zc: torch.Tensor, i: int) -> torch.Tensor:  # encoding i's regulariser (its own directions' seed)
             return regulariser(c.loss.regulariser, zc[:, ::c.loss.time_stride], step, num_slices=c.loss.num_slices,
-                               seed=c.train.seed + i, time_weight=c.loss.time_weight)
+                               seed=c.train.seed + i, time_weight=c.loss.time_weight,
+                               spectral_slices=c.loss.spectral_slices, spectral_weight=c.loss.spectral_weight)
 
         def tie(zc: torch.Tensor) -> torch.Tensor:  # replay distance of the tied dims
             return replay_distance(zc[..., :c.loss.replay_dims], c.loss.replay_norm)
