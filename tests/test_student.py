@@ -216,7 +216,7 @@ def test_distill_end_to_end(tmp_path, monkeypatch):
                 "rate_hz_median_inh", "frac_in_band", "cv_isi_median", "fano_median", "n_silent", "n_saturated",
                 "dale_violations", "n_exc", "n_inh", "ei_current_corr_median", "lv_median"):
         assert key in m, key
-    assert m["dale_violations"] == 0 and m["n_exc"] == 24
+    assert m["dale_violations"] == 0 and m["n_exc"] == 24 and m["time_capped"] is False
     assert m["cca_heldout_mean"] > 0.4 > abs(m["cca_null_mean"])  # learns something real in 20 steps
     with np.load(out / "report_data.npz") as rd:  # what the report draws: consistent with the metrics
         n = m["n_exc"] + m["n_inh"]
@@ -255,3 +255,15 @@ def test_cross_state_scoring_uses_the_right_blocks():
     with pytest.raises(InputError, match="too few"):
         evaluate_student(net, counts, lat, split, cfg, pd.DataFrame({"state": state}), decode=False,
                          test_states=["sleep"])
+
+
+def test_wall_clock_cap_is_flagged(tmp_path, caplog):
+    """A run stopped by max_minutes (not max_steps) says so: a warning and ``time_capped`` in the network."""
+    from neurojepa.student.train import fit_student
+
+    counts, lat, split = synthetic_session(n_units=20, n_bins=1500, d=2, seed=0, block=300, base_rate_hz=20, tuning=0.6)
+    cfg = StudentConfig(**{**SMALL, "max_steps": 100000, "window": 16, "batch_size": 8, "max_minutes": 0.002})
+    with caplog.at_level("WARNING", logger="neurojepa.student.train"):
+        net = fit_student(counts, lat, split, cfg, tmp_path)
+    assert net.time_capped and net.global_step < cfg.max_steps
+    assert "max_minutes" in caplog.text

@@ -130,6 +130,11 @@ def fit_student(counts: np.ndarray, latents: np.ndarray, split: np.ndarray, cfg:
     log.info("trained %d steps in %.1f s", trainer.global_step, time.time() - t0)
     net.train_seconds = time.time() - t0
     net.global_step = int(trainer.global_step)
+    net.time_capped = net.global_step < cfg.max_steps and time.time() - t0 >= 60 * cfg.max_minutes
+    if net.time_capped:  # the cap is a safety net; a capped run depends on the machine's speed and load
+        log.warning("student: the wall-clock cap max_minutes=%g stopped training at step %d of max_steps=%d; "
+                    "results now depend on machine speed and load (raise max_minutes for a reproducible run)",
+                    cfg.max_minutes, net.global_step, cfg.max_steps)
     return net.eval()
 
 
@@ -202,7 +207,8 @@ def distill(dataset_dir: str | Path, teacher_dir: str | Path, out_dir: str | Pat
         write_report_data(out / "report_data.npz", **report_data)
     metrics.update(train_seconds=round(getattr(net, "train_seconds", 0.0), 1), eval_seconds=round(time.time() - t0, 1),
                    refit_seconds=round(getattr(net, "refit_seconds", 0.0), 1),
-                   global_step=getattr(net, "global_step", None), dataset_dir=str(dataset_dir),
+                   global_step=getattr(net, "global_step", None), time_capped=bool(getattr(net, "time_capped", False)),
+                   dataset_dir=str(dataset_dir),
                    teacher_dir=str(teacher_dir), config=to_dict(cfg))
     if unconstrained:
         ucfg = StudentConfig(**{**to_dict(cfg), "dale": False})
