@@ -208,8 +208,7 @@ def distill(dataset_dir: str | Path, teacher_dir: str | Path, out_dir: str | Pat
     metrics.update(train_seconds=round(getattr(net, "train_seconds", 0.0), 1), eval_seconds=round(time.time() - t0, 1),
                    refit_seconds=round(getattr(net, "refit_seconds", 0.0), 1),
                    global_step=getattr(net, "global_step", None), time_capped=bool(getattr(net, "time_capped", False)),
-                   dataset_dir=str(dataset_dir),
-                   teacher_dir=str(teacher_dir), config=to_dict(cfg))
+                   dataset_dir=str(dataset_dir), teacher_dir=str(teacher_dir), config=to_dict(cfg))
     if unconstrained:
         ucfg = StudentConfig(**{**to_dict(cfg), "dale": False})
         udir = out / "unconstrained"

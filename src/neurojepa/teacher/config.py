@@ -108,5 +108,6 @@ def check_choices(cfg: TeacherConfig) -> None:
         if value not in choices:
             raise InputError(f"loss.{key}", f"'{value}' is not one of {', '.join(choices)}")
     for key in ("lam", "num_slices", "spectral_slices", "spectral_weight", "count_weight", "replay_weight"):
-        if getattr(cfg.loss, key) < 0:
-            raise InputError(f"loss.{key}", f"must be >= 0, got {getattr(cfg.loss, key)}")
+        value = getattr(cfg.loss, key)
+        if value < 0:
+            raise InputError(f"loss.{key}", f"must be >= 0, got {value}")

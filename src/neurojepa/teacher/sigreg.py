@@ -48,6 +48,7 @@ Not distributed, the code path and results are unchanged, bit for bit.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -160,28 +161,27 @@ def sigreg_sequence(z: torch.Tensor, step: int, *, num_slices: int = 64, seed: i
     """
     # mixed precision: the statistic (projections, cos/sin, the quadrature) always runs in at least float32, even
     # inside a bf16/fp16 autocast region; bf16 cos/sin of |t x| up to ~10 would swamp the small ECF differences
+    precision = contextlib.nullcontext()
     if z.dtype in (torch.float16, torch.bfloat16) or torch.is_autocast_enabled(z.device.type):
-        with torch.autocast(z.device.type, enabled=False):
-            return sigreg_sequence(z.float(), step, num_slices=num_slices, seed=seed, time_weight=time_weight,
-                                   t_max=t_max, knots=knots, distributed=distributed,
-                                   spectral_slices=spectral_slices, spectral_weight=spectral_weight)
-    # the same directions on every rank: a function of (seed, step) only, no communication needed
-    directions = random_directions(z.shape[-1], num_slices, step, seed, device=z.device, dtype=z.dtype)
-    n_batch = z.shape[0] * world_size(distributed)  # global number of windows
-    across_batch = sigreg(z.transpose(0, 1), directions, t_max, knots, distributed=distributed).mean() / n_batch  # (T,) clouds of B
-    loss = across_batch
-    if spectral_slices > 0 and z.shape[0] >= 2:
-        # cross-fitted: the axes of the even windows slice the odd ones and back, so choosing the axes does not bias
-        # the statistic (a sample's smallest eigenvalue under-estimates the population's, its largest over-estimates)
-        parts = (z[0::2], z[1::2])
-        for fit, score in ((0, 1), (1, 0)):
-            axes = spectral_directions(parts[fit], spectral_slices, distributed)
-            stat = sigreg(parts[score].transpose(0, 1), axes, t_max, knots, distributed=distributed).mean()
-            loss = loss + 0.5 * spectral_weight * stat / (parts[score].shape[0] * world_size(distributed))
-    if time_weight > 0:
-        across_time = sigreg(z, directions, t_max, knots, distributed=False).mean() / z.shape[1]  # (B,) clouds of T points
-        loss = loss + time_weight * across_time
-    return loss * 64.0
+        z, precision = z.float(), torch.autocast(z.device.type, enabled=False)
+    world = world_size(distributed)
+    with precision:
+        # the same directions on every rank: a function of (seed, step) only, no communication needed
+        directions = random_directions(z.shape[-1], num_slices, step, seed, device=z.device, dtype=z.dtype)
+        # (T,) clouds of B windows each, divided by the global number of windows
+        n_batch = z.shape[0] * world
+        loss = sigreg(z.transpose(0, 1), directions, t_max, knots, distributed=distributed).mean() / n_batch
+        if spectral_slices > 0 and z.shape[0] >= 2:
+            # cross-fitted: the axes of the even windows slice the odd ones and back, so choosing the axes does not
+            # bias the statistic (a sample's extreme eigenvalues lie further out than the population's)
+            parts = (z[0::2], z[1::2])
+            for fit, score in ((0, 1), (1, 0)):
+                axes = spectral_directions(parts[fit], spectral_slices, distributed)
+                stat = sigreg(parts[score].transpose(0, 1), axes, t_max, knots, distributed=distributed).mean()
+                loss = loss + 0.5 * spectral_weight * stat / (parts[score].shape[0] * world)
+        if time_weight > 0:  # (B,) clouds of the T points of one window
+            loss = loss + time_weight * sigreg(z, directions, t_max, knots, distributed=False).mean() / z.shape[1]
+        return loss * 64.0
 
 
 def vicreg(z: torch.Tensor, gamma: float = 1.0, eps: float = 1e-4) -> torch.Tensor:
@@ -201,12 +201,11 @@ def vicreg(z: torch.Tensor, gamma: float = 1.0, eps: float = 1e-4) -> torch.Tens
     return 25.0 * var_term + cov_term  # VICReg's default 25:1 ratio of variance to covariance weight
 
 
-def regulariser(name: str, z: torch.Tensor, step: int, *, num_slices: int = 64, seed: int = 0,
-                time_weight: float = 0.25, spectral_slices: int = 0, spectral_weight: float = 1.0) -> torch.Tensor:
-    """The switch used by the training module: 'sigreg' | 'vicreg' | 'none'. z: (B, T, D) -> scalar."""
+def regulariser(name: str, z: torch.Tensor, step: int, **sigreg_options) -> torch.Tensor:
+    """The switch used by the training module: 'sigreg' | 'vicreg' | 'none'. z: (B, T, D) -> scalar.
+    ``sigreg_options`` (num_slices, seed, time_weight, spectral_slices, ...) go to :func:`sigreg_sequence`."""
     if name == "sigreg":
-        return sigreg_sequence(z, step, num_slices=num_slices, seed=seed, time_weight=time_weight,
-                               spectral_slices=spectral_slices, spectral_weight=spectral_weight)
+        return sigreg_sequence(z, step, **sigreg_options)
     if name == "vicreg":
         return vicreg(z)
     if name == "none":
