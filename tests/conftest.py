@@ -1,4 +1,4 @@
-"""Shared fixtures: the real NWB file that ships beside the repository, and a small in-memory VBN-like session."""
+"""Shared fixtures: the real NWB file that ships in tests/data/, and a small in-memory VBN-like session."""
 
 from pathlib import Path
 
@@ -8,8 +8,8 @@ import pytest
 
 from neurojepa.data.session import BehaviorSeries, GroundTruth, InMemorySpikes, Session, SpikeTrains
 
-# CI runs in a fresh clone with ../shared beside the repository, so resolve relative to this file
-REAL_NWB = Path(__file__).resolve().parents[2] / "shared/data/real/A8604-211122.nwb"
+# inside the repository, so that a clone in any folder passes its own tests (source and licence: tests/data/README.md)
+REAL_NWB = Path(__file__).resolve().parent / "data" / "A8604-211122.nwb"
 
 
 @pytest.fixture

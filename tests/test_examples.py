@@ -18,3 +18,14 @@ def test_quickstart_runs_and_prints_its_results(tmp_path):
     assert f"units kept: {m['data']['units_kept']} of {m['data']['units_total']}" in done.stdout
     assert f"held-out CCA = {m['student']['cca_heldout_mean']:.3f}" in done.stdout
     assert "excitatory" in done.stdout and (out / "report.html").is_file()
+
+
+def test_estimators_example_runs_and_round_trips(tmp_path):
+    done = subprocess.run([sys.executable, str(EXAMPLES / "estimators.py"), str(tmp_path / "est")],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "reloaded teacher: same latents = True" in done.stdout
+    assert "reloaded student: same readout = True" in done.stdout
+    assert "Dale violations 0" in done.stdout
+    assert (tmp_path / "est" / "teacher" / "teacher.pt").is_file()
+    assert (tmp_path / "est" / "student" / "student.json").is_file()

@@ -1,10 +1,13 @@
 """`neurojepa inspect`: the one-screen summary and the active/passive flash-sequence check."""
 
+import numpy as np
 import pandas as pd
+import pytest
 from rich.console import Console
 
 from neurojepa.cli import main
-from neurojepa.data.inspect import flash_sequences_match, print_summary
+from neurojepa.data.inspect import flash_sequences_match, print_summary, validate_spike_times
+from neurojepa.errors import InputError
 from neurojepa.data.nwb_read import open_session
 from neurojepa.data.nwb_write import write_session_nwb
 
@@ -49,3 +52,61 @@ def test_cli_inspect_real_file(real_nwb, capsys):
     assert main(["inspect", str(real_nwb), "--states-from", "epochs"]) == 0
     out = capsys.readouterr().out
     assert "3 units, 21,354 spikes" in out and "wake" in out and "ground truth: absent" in out
+
+
+def _with_spike_times(src, dst, edit):
+    import shutil
+
+    import h5py
+
+    shutil.copy(src, dst)
+    with h5py.File(dst, "r+") as f:
+        f["units/spike_times"][...] = edit(f["units/spike_times"][()])
+    return dst
+
+
+@pytest.mark.parametrize("value, problem", [(np.nan, "NaN or infinite"), (np.inf, "NaN or infinite"),
+                                            (-1.0, "negative spike times")])
+def test_cli_inspect_refuses_bad_spike_times_in_one_line(real_nwb, tmp_path, capsys, value, problem):
+    bad = _with_spike_times(real_nwb, tmp_path / "bad.nwb", lambda t: np.r_[t[:100], value, t[101:]])
+    assert main(["inspect", str(bad)]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("neurojepa: error:") and str(bad) in err[0] and problem in err[0]
+    assert "Traceback" not in captured.err
+    assert main(["inspect", str(bad), "--quick"]) == 0  # the index alone cannot see it
+    assert "not checked (--quick)" in capsys.readouterr().out
+
+
+def test_cli_inspect_warns_of_unsorted_and_duplicate_spikes(real_nwb, tmp_path, capsys):
+    def edit(t):
+        t = t.copy()
+        t[10], t[11] = t[11], t[10]  # unit 0: one swapped pair
+        t[20] = t[21]  # and one duplicate
+        return t
+
+    assert main(["inspect", str(_with_spike_times(real_nwb, tmp_path / "odd.nwb", edit))]) == 0
+    out = capsys.readouterr().out
+    assert "1 units have unsorted spike times" in out and "duplicate spikes in 1 units" in out
+    assert main(["inspect", str(real_nwb)]) == 0
+    assert "spike times: all finite, non-negative and sorted" in capsys.readouterr().out
+
+
+def test_in_memory_session_with_nan_spike_times_is_refused(small_session):
+    trains = small_session.spikes.trains
+    trains.times[3] = np.nan
+    with pytest.raises(InputError, match="non-finite"):
+        validate_spike_times(small_session)
+
+
+def test_duplicate_unit_ids_are_a_corrupt_units_table(real_nwb, tmp_path):
+    import shutil
+
+    import h5py
+
+    bad = tmp_path / "dup.nwb"
+    shutil.copy(real_nwb, bad)
+    with h5py.File(bad, "r+") as f:
+        f["units/id"][...] = np.zeros(len(f["units/id"]), dtype=f["units/id"].dtype)
+    with pytest.raises(InputError, match="duplicate unit ids"):
+        open_session(bad)

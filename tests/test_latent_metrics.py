@@ -88,7 +88,8 @@ def test_decode_separable_and_chance():
     res = decode(rng.standard_normal((n, 6)), labels, train, ~train)
     _, test_counts = np.unique(labels[~train], return_counts=True)
     assert abs(res["balanced_accuracy"] - 0.25) < 0.12
-    assert res["chance"] == pytest.approx(test_counts.max() / test_counts.sum())
+    assert res["chance"] == pytest.approx(1 / 4)  # the chance level of the balanced accuracy it reports
+    assert res["chance_accuracy"] == pytest.approx(test_counts.max() / test_counts.sum())
     assert np.isnan(decode(x, np.zeros(n), train, ~train)["accuracy"])  # one class: nothing to decode
 
 
@@ -99,3 +100,20 @@ def test_flash_onsets_and_features():
     assert flash_onsets(tsf, 0.01).tolist() == [2, 6]
     z = np.arange(20, dtype=float)[:, None]
     assert flash_features(z, np.array([2, 18]), 3)[:, 0].tolist() == [3.0, 18.5]
+
+
+@pytest.mark.parametrize("n, p, k, noise", [(500, 8, 3, 0.1), (2000, 40, 5, 3.0), (60, 30, 2, 10.0)])
+def test_ridge_loo_is_sklearns_ridgecv(n, p, k, noise):
+    """The hand-written exact leave-one-out ridge against scikit-learn's RidgeCV (the independent reference)."""
+    from sklearn.linear_model import RidgeCV
+
+    from neurojepa.metrics.latent import ridge_loo
+
+    gen = np.random.default_rng(n + p)
+    x = gen.standard_normal((n, p)) * gen.uniform(0.1, 3, p) + gen.standard_normal(p)
+    y = x @ gen.standard_normal((p, k)) + noise * gen.standard_normal((n, k)) + 5.0
+    alphas = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3)
+    ref = RidgeCV(alphas=alphas).fit(x, y)
+    coef, intercept = ridge_loo(x, y, alphas)
+    np.testing.assert_allclose(coef, ref.coef_.T, rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(intercept, ref.intercept_, rtol=1e-7, atol=1e-9)

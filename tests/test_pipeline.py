@@ -119,3 +119,41 @@ def test_presets_resolve_and_unknown_preset_is_refused():
     assert load_run_config("fast").simulate.units == 80
     with pytest.raises(InputError, match="presets: default, fast, vbn"):
         load_run_config("fastest")
+
+
+def test_failed_run_before_any_stage_leaves_no_directory(real_nwb, tmp_path, capsys):
+    import shutil
+
+    import h5py
+
+    bad = tmp_path / "nan.nwb"
+    shutil.copy(real_nwb, bad)
+    with h5py.File(bad, "r+") as f:
+        f["units/spike_times"][5] = float("nan")
+    out = tmp_path / "never"
+    assert main(["run", str(bad), "--out", str(out), "states_from=epochs"]) == 2
+    err = capsys.readouterr().err
+    assert "NaN or infinite spike times" in err and str(bad) in err
+    assert not out.exists()  # nothing that looks like a run
+
+
+def test_failed_stage_says_why_and_the_next_run_starts_cleanly(tmp_path):
+    """A run that fails in the teacher stage says so in status.json; a corrected rerun in the same directory is not
+    refused for its different config, reruns the failed stage and finishes. Its log (stderr redirected to a file,
+    as in batch jobs) has no carriage-return bars and one line per teacher epoch."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "neurojepa.cli", "run", "--out", str(out), *TINY]
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    bad = subprocess.run([*cmd, "teacher.loss.regulariser=bogus"], capture_output=True, text=True, env=env, timeout=300)
+    assert bad.returncode == 2 and "loss.regulariser: 'bogus' is not one of" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    status = json.loads((out / "status.json").read_text())
+    assert status["state"] == "failed" and status["stage"] == "teacher" and "bogus" in status["error"]
+    assert not (out / "metrics.json").exists() and not (out / "report.html").exists()
+    good = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert good.returncode == 0, good.stderr[-2000:]
+    assert "simulate: up to date, skipped" in good.stderr and "teacher: running" in good.stderr
+    assert json.loads((out / "status.json").read_text())["state"] == "complete"
+    log = good.stdout + good.stderr
+    assert "\r" not in log and len(log.splitlines()) < 200
+    assert "teacher epoch 1/2: step 5" in log and "teacher epoch 2/2: step 10" in log and "student step" in log

@@ -189,6 +189,7 @@ class _FakePrepared:
 
     def __init__(self, counts, split):
         self._counts, self.split, self.bin_size, self.labels = counts, split, 0.01, None
+        self.t_start = 0.0
         self.n_bins = len(counts)
 
     def load_counts(self):

@@ -4,13 +4,14 @@ The pipeline reads left to right: ``data`` (sessions, NWB, Allen access, simulat
 ``teacher`` (LeJEPA) -> ``student`` (E/I LIF network) -> ``metrics`` -> ``report``.
 
 The public API is small: :func:`run` (the main job), :func:`load_run` (open a finished run),
-:func:`open_session` (any NWB recording as a :class:`~neurojepa.data.session.Session`) and
-:func:`simulate_session` (a VBN-like session with ground truth). Heavy modules load on first use.
+:func:`open_session` (any NWB recording as a :class:`~neurojepa.data.session.Session`, a local path or a URL),
+:func:`simulate_session` (a VBN-like session with ground truth), and the estimators :class:`Teacher` and
+:class:`Student` (fit / transform / score / save / load on count arrays). Heavy modules load on first use.
 """
 
 __version__ = "0.1.0"
 
-__all__ = ["run", "load_run", "open_session", "simulate_session", "__version__"]
+__all__ = ["run", "load_run", "open_session", "simulate_session", "Teacher", "Student", "__version__"]
 
 
 def __getattr__(name):  # lazy: `import neurojepa` stays instant, torch loads only when needed
@@ -22,6 +23,10 @@ def __getattr__(name):  # lazy: `import neurojepa` stays instant, torch loads on
         from .data.nwb_read import open_session
 
         return open_session
+    if name in ("Teacher", "Student"):
+        from . import estimators
+
+        return getattr(estimators, name)
     if name == "simulate_session":
         from .data.simulate import simulate_session
 

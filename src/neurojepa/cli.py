@@ -50,17 +50,28 @@ def _run_simulate(args) -> int:
 
 def _add_inspect(sub) -> None:
     p = sub.add_parser("inspect", help="one-screen summary of a recording (NWB)")
-    p.add_argument("file", help="an NWB file")
+    p.add_argument("file", help="an NWB file, or an https://, http:// or s3:// URL read in place (index only)")
     p.add_argument("--states-from", default=None, metavar="TABLE[:COLUMN]",
                    help="take brain states from this intervals table (and column) of a non-VBN file")
+    p.add_argument("--quick", action="store_true",
+                   help="read the spike-count index only: skip checking every spike time (NaN, negative, unsorted)")
     p.set_defaults(func=_run_inspect)
 
 
 def _run_inspect(args) -> int:
-    from .data.inspect import print_summary
+    from .data.inspect import print_summary, validate_spike_times
     from .data.nwb_read import open_session
+    from .data.remote import is_url
 
-    print_summary(open_session(args.file, states_from=args.states_from))
+    remote = is_url(args.file)  # a URL: the index only, since checking every spike time would fetch most of the file
+    with open_session(args.file, states_from=args.states_from) as session:
+        warnings = [] if args.quick or remote else validate_spike_times(session)  # a broken file: one line, exit 2
+        print_summary(session)
+        if args.quick or remote:
+            why = "--quick" if args.quick else "remote file; prepare checks them"
+            print(f"spike times: not checked ({why})")
+        else:
+            print("spike times: " + ("; ".join(warnings) if warnings else "all finite, non-negative and sorted"))
     return 0
 
 
@@ -119,7 +130,8 @@ class _IntermixedParser(argparse.ArgumentParser):
 def _add_prepare(sub) -> None:
     p = sub.add_parser("prepare", help="unit QC, binning, labels and train/val/test splits of one recording")
     p.__class__ = _IntermixedParser
-    p.add_argument("input", nargs="+", help="an NWB file; several (or --workers/--scheduler): OUT/<stem>/ each")
+    p.add_argument("input", nargs="+", help="an NWB file or https/http/s3 URL (read in place); several (or "
+                                            "--workers/--scheduler): OUT/<stem>/ each")
     p.add_argument("--out", required=True, help="output directory (replaced as a whole, atomically); the root "
                                                 "directory with several inputs")
     p.add_argument("--workers", type=int, default=None, metavar="N", help="prepare in N local Dask processes")
@@ -273,13 +285,10 @@ def _add_distill(sub) -> None:
 
 
 def _run_distill(args) -> int:
-    import torch
-
     from .config import load_config
     from .student.config import StudentConfig
     from .student.train import distill
 
-    torch.set_num_threads(1)  # a shared 2-core machine; the LIF loop is latency-bound anyway
     cfg = load_config(StudentConfig, args.config, args.overrides)
     out = distill(args.dataset, args.teacher, args.out, cfg, resume=args.resume, unconstrained=args.unconstrained)
     print(f"wrote {out}/metrics.json")
@@ -297,6 +306,24 @@ def _run_export_nir(args) -> int:
     from .student.nir_export import export_nir
 
     print(f"wrote {export_nir(args.student, args.out)}")
+    return 0
+
+
+def _add_export_nwb(sub) -> None:
+    p = sub.add_parser("export-nwb", help="write a finished run's results (teacher latents, QC decisions, student "
+                                          "spikes and read-out) to NWB")
+    p.add_argument("run_dir", help="a finished run directory (from `neurojepa run`)")
+    p.add_argument("--out", required=True, metavar="FILE.nwb", help="output NWB file (written atomically)")
+    p.add_argument("--into-copy", action="store_true",
+                   help="add the results to a copy of the run's input NWB file instead of a fresh file")
+    p.set_defaults(func=_run_export_nwb)
+
+
+def _run_export_nwb(args) -> int:
+    from .export_nwb import export_nwb
+
+    out = export_nwb(args.run_dir, args.out, into_copy=args.into_copy)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
     return 0
 
 
@@ -336,7 +363,7 @@ def _run_config(args) -> int:
 
 
 COMMANDS = [_add_run, _add_config, _add_simulate, _add_inspect, _add_allen, _add_prepare, _add_teach, _add_transfer,
-            _add_distill, _add_export_nir, _add_report]  # pipeline order, as `neurojepa --help` lists them
+            _add_distill, _add_export_nir, _add_report, _add_export_nwb]  # pipeline order, as `neurojepa --help` lists them
 
 
 # ------------------------------------------------------------------------------------------------- main

@@ -13,7 +13,7 @@ import difflib
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Sequence, TypeVar
+from typing import Any, Mapping, Sequence, TypeVar
 
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
@@ -76,6 +76,19 @@ def load_config(schema: type[T], file: str | Path | None = None, overrides: Sequ
             msg = str(getattr(err, "msg", err)).splitlines()[0]
             raise InputError(source, f"bad value for '{key}': {msg}") from None
     return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+
+
+def as_overrides(options: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """``key=value`` overrides for :func:`load_config` from Python keyword options, where dotted keys
+    (``{"train.lr": 1e-3}``) and nested dicts (``{"train": {"lr": 1e-3}}``) mean the same. Values go through JSON,
+    so strings, numbers, booleans, None and lists keep their types."""
+    out: list[str] = []
+    for key, value in options.items():
+        if isinstance(value, Mapping):
+            out += as_overrides(value, f"{prefix}{key}.")
+        else:
+            out.append(f"{prefix}{key}={json.dumps(value)}")
+    return out
 
 
 def to_dict(cfg: Any) -> dict:

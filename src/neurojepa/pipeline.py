@@ -10,6 +10,12 @@ its own config section, of the keys of the stages it reads from, and of its inpu
 
 ``DIR/run.yaml`` holds the resolved config of the run; a different config in an existing run directory is refused
 unless ``force=True`` (``--force``), so results of two configs never mix silently.
+
+``DIR/status.json`` says how the last attempt ended: ``{"state": "complete" | "failed" | "interrupted", "stage",
+"error", "seconds"}``. A failed run leaves nothing that looks like a finished run: when the attempt created the
+directory and no stage completed, the directory is removed; otherwise ``status.json`` says failed, at which stage
+and why, and the next ``neurojepa run`` there starts that stage afresh (with a corrected config too: stages whose
+key did not change are kept, the others rerun, so two configs still never mix).
 """
 
 from __future__ import annotations
@@ -229,10 +235,23 @@ class Pipeline:
         return path
 
 
+def run_status(out: str | Path) -> dict | None:
+    """``DIR/status.json`` of a run directory (None before the first attempt ended)."""
+    p = Path(out) / "status.json"
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def _write_status(out: Path, state: str, stage: str | None = None, error: str | None = None,
+                  seconds: float | None = None) -> None:
+    doc = {"state": state, "stage": stage, "error": error, "seconds": seconds, "version": __version__}
+    with atomic_path(out / "status.json") as tmp:
+        tmp.write_text(json.dumps(doc, indent=2))
+
+
 def _check_run_dir(out: Path, cfg: RunConfig, input_path: Path | None, force: bool) -> None:
-    """Refuse to mix two configs in one run directory unless forced."""
+    """Refuse to mix two configs in one run directory unless forced (or the run there failed)."""
     saved = out / "run.yaml"
-    if not saved.is_file():
+    if not saved.is_file() or (run_status(out) or {}).get("state") == "failed":
         return
     old = OmegaConf.to_container(OmegaConf.load(saved), resolve=True)
     new = {"input": None if input_path is None else str(input_path.resolve()), "config": to_dict(cfg)}
@@ -268,25 +287,49 @@ def run(out: str | Path, cfg: RunConfig | None = None, input_path: str | Path | 
     ipath = None if input_path is None else Path(input_path)
     _check_run_dir(out, cfg, ipath, force)
     pipe = Pipeline(out, cfg, ipath, console=console)
+    created = not out.exists()
+    failed_before = (run_status(out) or {}).get("state") == "failed"
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "run.yaml") as tmp:
         tmp.write_text(OmegaConf.to_yaml({"input": None if ipath is None else str(ipath.resolve()),
                                           "config": to_dict(cfg)}))
-    for stage in pipe.stages():
-        rec = pipe.record(stage.name)
-        if rec and rec["complete"] and rec["key"] == stage.key:
-            console.print(f"[dim]- {stage.name}: up to date, skipped[/dim]")
-            continue
-        resume = bool(rec and not rec["complete"] and rec["key"] == stage.key)
-        console.print(f"[bold]- {stage.name}[/bold]: {'resuming' if resume else 'running'}")
-        pipe._write_record(stage.name, stage.key, complete=False)
-        t0 = time.perf_counter()
-        stage.run(resume)
-        pipe._write_record(stage.name, stage.key, complete=True, seconds=round(time.perf_counter() - t0, 1))
-    metrics = pipe.merge_metrics()
-    console.print(f"- metrics: {metrics}")
-    if cfg.report:
-        from .report.build import build_report
+    t_run, completed, current = time.perf_counter(), 0, None
+    try:
+        for stage in pipe.stages():
+            current = stage.name
+            rec = pipe.record(stage.name)
+            if rec and rec["complete"] and rec["key"] == stage.key:
+                console.print(f"[dim]- {stage.name}: up to date, skipped[/dim]")
+                completed += 1
+                continue
+            # a stage that failed last time starts afresh; one that was interrupted resumes
+            resume = bool(rec and not rec["complete"] and rec["key"] == stage.key and not failed_before)
+            console.print(f"[bold]- {stage.name}[/bold]: {'resuming' if resume else 'running'}")
+            pipe._write_record(stage.name, stage.key, complete=False)
+            t0 = time.perf_counter()
+            stage.run(resume)
+            seconds = round(time.perf_counter() - t0, 1)
+            pipe._write_record(stage.name, stage.key, complete=True, seconds=seconds)
+            completed += 1
+            console.print(f"  {stage.name}: done in {seconds:.1f} s")
+        current = "report"
+        metrics = pipe.merge_metrics()
+        console.print(f"- metrics: {metrics}")
+        if cfg.report:
+            from .report.build import build_report
 
-        console.print(f"- report: {build_report(out)}")
+            console.print(f"- report: {build_report(out)}")
+    except Exception as err:
+        if created and completed == 0:  # nothing of value: leave nothing that looks like a run
+            import shutil
+
+            shutil.rmtree(out, ignore_errors=True)
+        else:
+            why = str(err) if isinstance(err, InputError) else f"{type(err).__name__}: {err}"
+            _write_status(out, "failed", current, " ".join(why.split()), round(time.perf_counter() - t_run, 1))
+        raise
+    except BaseException:  # Ctrl-C or a kill signal turned into an exception: resumable as it stands
+        _write_status(out, "interrupted", current, None, round(time.perf_counter() - t_run, 1))
+        raise
+    _write_status(out, "complete", None, None, round(time.perf_counter() - t_run, 1))
     return out

@@ -63,7 +63,8 @@ from ..errors import InputError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BASE_URL = "https://visual-behavior-neuropixels-data.s3.us-west-2.amazonaws.com"
+ALLEN_BUCKET = "visual-behavior-neuropixels-data"  # s3://ALLEN_BUCKET/KEY is read over https (https_url)
+DEFAULT_BASE_URL = f"https://{ALLEN_BUCKET}.s3.us-west-2.amazonaws.com"
 DEFAULT_CACHE = Path("~/.cache/neurojepa/allen")
 PROJECT_PREFIX = "visual-behavior-neuropixels"
 SESSIONS_KEY = f"{PROJECT_PREFIX}/project_metadata/ecephys_sessions.csv"
@@ -104,6 +105,23 @@ def _session_id(session_id: int | str) -> int:
     if sid <= 0:
         raise InputError(str(session_id), "not a session id (expected a positive integer)")
     return sid
+
+
+def https_url(url: str) -> str:
+    """An ``s3://BUCKET/KEY`` URL as the https URL that serves it without credentials; other URLs unchanged.
+
+    The public VBN bucket (``s3://visual-behavior-neuropixels-data/...``) maps to :func:`resolve_base_url` (its
+    https endpoint, or ``$NEUROJEPA_ALLEN_URL``); any other bucket to ``https://BUCKET.s3.amazonaws.com/KEY``,
+    which serves public objects only."""
+    m = re.match(r"^s3://([^/]+)/(.+)$", url, flags=re.IGNORECASE)
+    if not m:
+        if url.lower().startswith("s3://"):
+            raise InputError(url, "not an s3://BUCKET/KEY URL")
+        return url
+    bucket, key = m.group(1), m.group(2)
+    if bucket == ALLEN_BUCKET:
+        return f"{resolve_base_url()}/{key}"
+    return f"https://{bucket}.s3.amazonaws.com/{key}"
 
 
 def _url(url_or_key: str, base_url: str | None) -> str:

@@ -1,6 +1,10 @@
-"""``neurojepa inspect``: a one-screen summary of a :class:`~neurojepa.data.session.Session`.
+"""``neurojepa inspect``: a one-screen summary of a :class:`~neurojepa.data.session.Session`, and its validation.
 
-Everything shown comes from the small tables and the spike-count index; no spike times are read.
+Everything the summary shows comes from the small tables and the spike-count index; no spike times are read.
+:func:`validate_spike_times` then reads every unit's spike times (in unit batches, so memory stays at one batch)
+and applies the checks ``prepare`` applies: non-finite or negative times are an :class:`InputError` (one line
+naming the file and the unit, exit code 2), unsorted times and duplicate spikes are warnings (``prepare`` sorts
+the times and keeps the duplicates). ``neurojepa inspect --quick`` skips it and reads the index only.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ..errors import InputError
+from .checks import check_spike_times
 from .session import STATE_ACTIVE, STATE_PASSIVE, Session
 
 
@@ -112,3 +118,26 @@ def print_summary(session: Session, console: Console | None = None) -> None:
     gt = session.ground_truth
     con.print("ground truth: " + (f"present ({gt.n_latents} latents at {gt.latent_dt * 1e3:g} ms, {len(gt.unit_ids)} units)"
                                   if gt is not None else "absent"))
+
+
+def validate_spike_times(session: Session, batch: int = 64) -> list[str]:
+    """Check every unit's spike times as ``prepare`` does; returns warning lines (empty when all is well).
+
+    Raises :class:`InputError` naming the file (or session) and the first bad unit for NaN, infinite or negative
+    spike times.
+    """
+    where = session.source or session.session_id
+    if session.n_units == 0:
+        raise InputError(where, "the Units table holds no units")
+    finite, duplicates = check_spike_times(session, session.units.index.to_numpy(), batch=batch)
+    if not finite["ok"]:  # in-memory sessions report here; NWB files already raised on reading the bad unit
+        bad = finite["units_nonfinite"] or finite["units_unsorted"]
+        raise InputError(where, f"{finite['detail']} (first: unit {bad[0]})")
+    warnings = []
+    unsorted = getattr(session.spikes, "unsorted_units", [])
+    if unsorted:
+        warnings.append(f"{len(unsorted)} units have unsorted spike times (e.g. unit {unsorted[0]}); "
+                        "prepare sorts them")
+    if not duplicates["ok"]:
+        warnings.append(f"{duplicates['detail']} (e.g. unit {duplicates['units'][0]}); prepare keeps them")
+    return warnings

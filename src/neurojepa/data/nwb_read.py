@@ -19,6 +19,9 @@ Design decisions:
 
 - h5py directly, not pynwb: opening a 3 GB VBN file with pynwb builds thousands of objects; h5py reads only
   the small tables. The file stays open until :meth:`Session.close` (or the ``with`` block) ends.
+- A URL (``https://``, ``http://``, ``s3://``) is read in place: h5py reads through a file object that turns each
+  read into an HTTP Range request (:mod:`neurojepa.data.remote`), so opening a 3 GB VBN file moves only its
+  metadata, tables and the Units index.
 - Spike times are read per unit from the ragged ``spike_times`` dataset (``spike_times_index[i]`` is the END
   offset of unit ``i``). A time range on a unit with more than :data:`BISECT_MIN_SPIKES` spikes is located by
   binary search on the dataset itself (about 20 single-element reads), so only the spikes in the range are read;
@@ -36,8 +39,9 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Sequence
+from urllib.parse import urlparse
 
 import h5py
 import numpy as np
@@ -80,17 +84,26 @@ class NWBSpikes:
         ends = units["spike_times_index"][:].astype(np.int64) if "spike_times_index" in units else np.zeros(0, np.int64)
         if len(ends) != len(self.unit_ids) or np.any(np.diff(ends) < 0) or (len(ends) and ends[-1] != len(self._times)):
             raise InputError(path, "units/spike_times_index does not match units/spike_times (corrupt Units table)")
+        ids, n = np.unique(self.unit_ids, return_counts=True)
+        if (n > 1).any():
+            raise InputError(path, f"units/id holds duplicate unit ids ({', '.join(map(str, ids[n > 1][:5]))}): "
+                                   "a corrupt Units table")
         self._offsets = np.concatenate([[0], ends]).astype(np.int64)
         self._pos = {int(u): i for i, u in enumerate(self.unit_ids)}
         self.values_read = 0
         self._warned: set[int] = set()
+
+    @property
+    def unsorted_units(self) -> list[int]:
+        """Units found so far with unsorted spike times (each is sorted on read, with one warning)."""
+        return sorted(self._warned)
 
     def __getstate__(self) -> dict:
         """Pickle by path (an open h5py handle cannot cross processes); the copy reopens the file."""
         return {"path": self.path}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(h5py.File(state["path"], "r"), state["path"])
+        self.__init__(_open_h5(state["path"]), state["path"])  # a URL is read in place again
 
     def spike_counts(self) -> np.ndarray:
         """(n_units,) int64 spikes per unit, from the index alone."""
@@ -379,16 +392,23 @@ def _read_ground_truth(h5: h5py.File) -> GroundTruth | None:
 
 
 # ------------------------------------------------------------------------------------------------ open
-def _open_h5(path: Path) -> h5py.File:
-    if not path.exists():
-        raise InputError(path, "no such file")
-    if path.is_dir():
-        raise InputError(path, "is a directory, not an NWB file")
-    try:
-        h5 = h5py.File(path, "r")
-    except OSError as err:
-        why = "not an HDF5 file, so not NWB" if not h5py.is_hdf5(path) else "truncated or corrupt HDF5 file"
-        raise InputError(path, f"{why} ({' '.join(str(err).split())})") from None
+def _open_h5(path: Path | str) -> h5py.File:
+    """The open HDF5 file of a local path or a URL (read in place over HTTP ranges, :mod:`~neurojepa.data.remote`),
+    checked to be NWB with a Units table."""
+    from .remote import is_url, open_hdf5
+
+    if is_url(path):
+        h5 = open_hdf5(path)  # InputError naming the URL: unreachable, HTTP 404 etc., no range support, not HDF5
+    else:
+        if not path.exists():
+            raise InputError(path, "no such file")
+        if path.is_dir():
+            raise InputError(path, "is a directory, not an NWB file")
+        try:
+            h5 = h5py.File(path, "r")
+        except OSError as err:
+            why = "not an HDF5 file, so not NWB" if not h5py.is_hdf5(path) else "truncated or corrupt HDF5 file"
+            raise InputError(path, f"{why} ({' '.join(str(err).split())})") from None
     attrs = h5.attrs
     ntype = attrs.get("neurodata_type", b"")
     ntype = ntype.decode() if isinstance(ntype, bytes) else str(ntype)
@@ -416,12 +436,17 @@ def _scalar_str(h5: h5py.File, key: str) -> str:
 def open_session(path: str | os.PathLike, states_from: str | None = None) -> Session:
     """Open an NWB file lazily as a :class:`Session` (spike times stay on disk until asked for).
 
+    path: a local file, or an ``https://``, ``http://`` or ``s3://`` URL read in place: only the byte ranges that
+    are read travel (HTTP Range requests, :mod:`neurojepa.data.remote`), nothing is downloaded first.
+
     states_from: ``"TABLE[:COLUMN]"`` takes the state timeline from ``/intervals/TABLE`` (state = COLUMN);
     otherwise a VBN file's states come from its stimulus blocks, and any other file gets one ``"all"`` epoch.
     Close the file with ``session.close()`` or ``with open_session(...) as s:``.
     Raises :class:`InputError` for a missing, non-NWB, truncated or spike-less file, and for a bad ``states_from``.
     """
-    path = Path(path)
+    from .remote import is_url
+
+    path = str(path) if is_url(path) else Path(path)  # a URL stays a string (Path would fold its //)
     h5 = _open_h5(path)
     try:
         spikes = NWBSpikes(h5, path)
@@ -444,7 +469,8 @@ def open_session(path: str | os.PathLike, states_from: str | None = None) -> Ses
     except (OSError, KeyError, ValueError) as err:  # a truncated file often opens, then fails on a dataset
         h5.close()
         raise InputError(path, f"cannot read NWB contents, truncated or corrupt? ({' '.join(str(err).split())})") from None
-    session_id = metadata["identifier"] or path.stem
+    stem = path.stem if isinstance(path, Path) else PurePosixPath(urlparse(path).path).stem
+    session_id = metadata["identifier"] or stem
     return Session(session_id=session_id, units=units, spikes=spikes, epochs=epochs, stimuli=stimuli, trials=trials,
                    behavior=behavior, ground_truth=ground_truth, source=path, metadata=metadata)
 

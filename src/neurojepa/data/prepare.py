@@ -20,7 +20,8 @@ Steps (all inside one temporary directory renamed into place at the end, so a fa
    when a bin could exceed 255 spikes: bins over 0.25 s, or if one actually does). Ground-truth latents per bin
    (the sample at each bin centre) are written the same way.
 5. **Checks and report**: :mod:`neurojepa.data.checks`, ``qc.json``, ``qc.png``, ``config.yaml``,
-   ``provenance.json`` (input sha256 streamed in 1 MB blocks, package version + git commit).
+   ``provenance.json`` (input sha256 streamed in 1 MB blocks, or for a URL the server's size, ETag and
+   Last-Modified; package version + git commit).
 """
 
 from __future__ import annotations
@@ -313,7 +314,7 @@ def prepare_session(session, out_dir: str | Path, cfg: PrepareConfig | None = No
         save_config(cfg, tmp / "config.yaml")
         prov = {
             "input": str(input_path) if input_path else None,
-            "input_sha256": sha256_file(Path(input_path)) if input_path else None,
+            **_input_identity(input_path),
             "session_id": str(session.session_id),
             "code": code_version(),
             "config_hash": config_hash(cfg),
@@ -326,6 +327,18 @@ def prepare_session(session, out_dir: str | Path, cfg: PrepareConfig | None = No
 
             plot_qc(tmp, tmp / "qc.png")
     return out_dir
+
+
+def _input_identity(input_path) -> dict:
+    """``input_sha256`` of a local input (streamed); for a URL, hashing would download the whole file, so the
+    server's identity of it instead: ``input_remote`` = url, size, ETag, Last-Modified (one small request)."""
+    from .remote import is_url, remote_fingerprint
+
+    if not input_path:
+        return {"input_sha256": None}
+    if is_url(str(input_path)):
+        return {"input_sha256": None, "input_remote": remote_fingerprint(str(input_path))}
+    return {"input_sha256": sha256_file(Path(input_path))}
 
 
 def _versions() -> dict:
@@ -343,7 +356,8 @@ def _json_default(o):
 
 def prepare(input_path: str | Path, out_dir: str | Path, cfg: PrepareConfig | None = None,
             states_from: str | None = None) -> Path:
-    """Prepare one NWB recording: QC, binning, labels, splits, report. Returns ``out_dir``.
+    """Prepare one NWB recording (a local file or an https/http/s3 URL, read in place): QC, binning, labels,
+    splits, report. Returns ``out_dir``.
 
     Raises InputError (nothing written) for an unreadable file, bad options, no unit left after QC, a requested
     state without bins or an empty time range.

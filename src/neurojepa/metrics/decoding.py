@@ -1,8 +1,9 @@
 """Linear decoding of task variables from features (pure functions of arrays).
 
 :func:`decode` fits a standardised, L2-regularised logistic regression on the train rows (strength chosen by
-stratified cross-validation inside the train rows) and scores it on the test rows: accuracy, balanced accuracy
-and the chance level of the majority class. Train and test rows are the caller's choice: held-out time blocks of
+stratified cross-validation inside the train rows) and scores it on the test rows: balanced accuracy with its
+chance level ``chance`` = 1 / n_classes (what a guess, or a constant answer, scores), and plain accuracy with its
+own chance level ``chance_accuracy`` (the test rows' majority-class frequency). Train and test rows are the caller's choice: held-out time blocks of
 one state (within-state), or one state's train blocks vs the other's test blocks (cross-state).
 
 :func:`flash_features` turns per-bin latents into one feature vector per stimulus flash (mean latent over a
@@ -28,15 +29,18 @@ def decode(features: np.ndarray, labels: np.ndarray, train_mask: np.ndarray, tes
     """Logistic-regression decoding of ``labels`` from ``features``.
 
     features: (n, D); labels: (n,) any hashable (str/int/bool); train_mask, test_mask: (n,) bool.
-    Returns dict(accuracy, balanced_accuracy, chance, n_train, n_test, n_classes); the scores are NaN when
-    the train rows hold fewer than two classes or either side is empty.
+    Returns dict(balanced_accuracy, chance, accuracy, chance_accuracy, n_train, n_test, n_classes): ``chance`` is
+    the chance level of the balanced accuracy (1 / n_classes, n_classes counted in the train rows) and
+    ``chance_accuracy`` that of the plain accuracy (majority-class frequency of the test rows). The scores are
+    NaN when the train rows hold fewer than two classes or either side is empty.
     """
     x = np.asarray(features, dtype=np.float64)
     y = np.asarray(labels)
     tr, te = np.asarray(train_mask, bool), np.asarray(test_mask, bool)
     classes, counts = np.unique(y[tr], return_counts=True)
     out = dict(n_train=int(tr.sum()), n_test=int(te.sum()), n_classes=int(len(classes)),
-               accuracy=float("nan"), balanced_accuracy=float("nan"), chance=float("nan"))
+               accuracy=float("nan"), balanced_accuracy=float("nan"), chance=float("nan"),
+               chance_accuracy=float("nan"))
     if len(classes) < 2 or te.sum() == 0:
         return out
     folds = int(min(3, counts.min()))  # 3 folds x 3 strengths: decoding dozens of feature sets stays ~seconds
@@ -52,7 +56,8 @@ def decode(features: np.ndarray, labels: np.ndarray, train_mask: np.ndarray, tes
     _, test_counts = np.unique(y[te], return_counts=True)
     out.update(accuracy=float((pred == y[te]).mean()),
                balanced_accuracy=bal,
-               chance=float(test_counts.max() / test_counts.sum()))
+               chance=1.0 / len(classes),
+               chance_accuracy=float(test_counts.max() / test_counts.sum()))
     return out
 
 
@@ -106,7 +111,7 @@ def decoding_report(z: np.ndarray, labels, split: np.ndarray, bin_size: float, w
     every state compared).
 
     z: (n_bins, D). Returns {"within": {state: {task: decode()}}, "cross": {"A->B": {task: decode()}}}; only the
-    metrics (balanced_accuracy, accuracy, chance, n_train, n_test) are kept.
+    metrics (balanced_accuracy, chance, accuracy, chance_accuracy, n_train, n_test, n_classes) are kept.
     """
     if "time_since_flash" not in labels or labels["time_since_flash"].isna().all():
         return {}

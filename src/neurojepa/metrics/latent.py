@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.linear_model import RidgeCV
 from sklearn.metrics import r2_score
 
 
@@ -44,10 +43,37 @@ def ridge_r2(x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray,
         y = y[:, None]
     xtr, xte = x[train], x[test]
     mu, sd = xtr.mean(0), xtr.std(0) + 1e-8
-    model = RidgeCV(alphas=alphas).fit((xtr - mu) / sd, y[train])
-    pred = model.predict((xte - mu) / sd)
+    coef, intercept = ridge_loo((xtr - mu) / sd, y[train], alphas)
+    pred = (xte - mu) / sd @ coef + intercept
     dims = r2_score(y[test], pred, multioutput="raw_values")
     return (float(dims.mean()), dims) if per_dim else float(dims.mean())
+
+
+def ridge_loo(x: np.ndarray, y: np.ndarray, alphas) -> tuple[np.ndarray, np.ndarray]:
+    """Ridge regression y ~ x @ coef + intercept (intercept unpenalised) whose strength is the one of ``alphas``
+    with the lowest exact leave-one-out squared error, pooled over targets (ties: the first).
+
+    The estimator of scikit-learn's ``RidgeCV(alphas)`` (its "cov" GCV mode), written for one eigendecomposition
+    of the (p, p) covariance and O(n p) per alpha: RidgeCV spends seconds per call on a session's 10^5 bins in its
+    hat-matrix diagonal. x: (n, p), y: (n, k). Returns coef (p, k) and intercept (k,); tested against RidgeCV.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    xm, ym = x.mean(0), y.mean(0)
+    xc, yc = x - xm, y - ym
+    s, v = np.linalg.eigh(xc.T @ xc)
+    xv = xc @ v  # the rows in the covariance's eigenbasis
+    xv2, xty = xv * xv, xv.T @ yc
+    best_err, best = np.inf, None
+    for a in alphas:
+        w = 1.0 / (s + float(a))
+        b = w[:, None] * xty  # coefficients in the eigenbasis
+        hat = xv2 @ w + 1.0 / len(x)  # diagonal of the hat matrix, the unpenalised intercept included
+        err = float((((yc - xv @ b) / (1.0 - hat)[:, None]) ** 2).mean())
+        if err < best_err:
+            best_err, best = err, b
+    coef = v @ best
+    return coef, ym - xm @ coef
 
 
 def cross_state_r2(x: np.ndarray, y: np.ndarray, state: np.ndarray, split: np.ndarray,

@@ -246,11 +246,27 @@ def _decoding_figure(models: dict[str, dict], cross: bool, title: str):
     labels = sorted(cats)
     series = {name: [number(dig(sec, "decoding", *cats[c], "balanced_accuracy")) for c in labels]
               for name, sec in models.items()}
-    chance = []
+    chance = []  # the chance level each result reports for its balanced accuracy (1 / classes)
     for c in labels:
-        n = [v for v in (number(dig(sec, "decoding", *cats[c], "n_classes")) for sec in models.values()) if v]
-        chance.append(1.0 / n[0] if n else None)
+        v = [x for x in (number(dig(sec, "decoding", *cats[c], "chance")) for sec in models.values()) if x]
+        chance.append(v[0] if v else None)
     return F.grouped_bars(labels, series, chance, "balanced accuracy (test blocks)", title, (0, 1.02))
+
+
+def _decoding_table(dec: dict | None) -> str | None:
+    """Every decoding result of one model: balanced accuracy beside its chance level and the rows it rests on."""
+    rows = []
+    for kind, groups in (("within", (dec or {}).get("within") or {}), ("across", (dec or {}).get("cross") or {})):
+        for group, tasks in groups.items():
+            for task, res in (tasks or {}).items():
+                res = res or {}
+                rows.append([task, f"{group}" if kind == "across" else f"{group}->{group}",
+                             number(res.get("balanced_accuracy")), number(res.get("chance")),
+                             res.get("n_classes", ""), res.get("n_test", "")])
+    if not rows:
+        return None
+    return table(["task", "train->test state", "balanced accuracy", "chance (1 / classes)", "classes", "test flashes"],
+                 rows)
 
 
 def _teacher_section(run_dir: Path, teacher: dict | None, ps) -> Section:
@@ -302,6 +318,9 @@ def _teacher_section(run_dir: Path, teacher: dict | None, ps) -> Section:
     fig = _decoding_figure(models, False, "within-state decoding (train blocks -> test blocks)")
     sec.add(figure_img(fig, "decoding within states", "Black line: chance (1 / classes).") if fig
             else not_available("decoding (the recording has no stimulus labels, or no teacher metrics)"))
+    tab = _decoding_table((teacher or {}).get("decoding"))
+    if tab:
+        sec.add(tab)
     return sec
 
 

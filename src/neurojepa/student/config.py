@@ -1,8 +1,9 @@
 """The student's options, defaults in one place (typed; loaded with :func:`neurojepa.config.load_config`).
 
 Budget-driven defaults (see docs/student.md): 1 ms physical step, 10 sub-steps per 10 ms bin, training windows of
-32 bins (320 steps) after an 8-bin burn-in, batch 32, 350 steps at lr 0.01 and a wall-clock cap, then a readout
-refit, so that distillation + evaluation of the default session with the ablation fits in ~4 min on 2 CPU cores.
+32 bins (320 steps) after an 8-bin burn-in, batch 32, 150 steps at lr 0.01 and a wall-clock cap, then a readout
+refit, so that distillation + evaluation of the default session with the ablation takes ~2 min on 2 CPU cores
+(docs/budget.md: steps vs CCA).
 Fast spike-frequency adaptation and the burst penalty keep the CV of ISI in band as training sharpens tuning; four
 readout filters (10, 30, 100, 300 ms) serve fast and slow teacher components (measurements in docs/student.md).
 """
@@ -49,13 +50,15 @@ class StudentConfig:
     burn_in: int = 8  # bins run before the loss window (state transient, excluded)
     batch_size: int = 32  # windows per training step
     lr: float = 1e-2  # Adam learning rate
-    max_steps: int = 350  # training steps (the wall-clock cap may stop earlier)
+    max_steps: int = 150  # training steps (the wall-clock cap may stop earlier; steps vs metrics: docs/budget.md)
     max_minutes: float = 2.5  # wall-clock safety cap on training (max_steps is the intended stop)
     val_every: int = 50  # steps between validation (and last.ckpt)
     readout_refit_steps: int = 150  # after training: readout-only CCA steps on all training bins (0 = off)
     readout_refit_batch: int = 16384  # bins per readout-refit step
     readout_refit_lr: float = 0.01  # Adam learning rate of the readout refit
     seed: int = 0  # everything random in training and evaluation derives from it
+    threads: int = 0  # torch threads for training and evaluation; 0 = every CPU this process may use
+    progress: bool = True  # a progress bar on a terminal, one line per validation in a log file
     # evaluation
     eval_chunk: int = 200  # bins per evaluation chunk (plus burn_in)
     eval_spike_chunks: int = 30  # chunks whose spike rasters feed the firing statistics

@@ -62,6 +62,23 @@ def student_features(net: StudentNet, counts: np.ndarray, chunk: int = 200, burn
     return out[:n_bins]
 
 
+def simulate_chunked(net: StudentNet, counts: np.ndarray, chunk: int = 200, burn_in: int = 8,
+                     batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """The student driven by counts (n_bins, n_in) the way evaluation drives it: causal chunks of ``chunk`` bins,
+    each warmed up on its own ``burn_in`` bins of past input. Returns spikes (n_bins * substeps, N) uint8, one row
+    per ``dt`` step (E neurons first), and the readout (n_bins, D) float32."""
+    n_bins, sub = len(counts), net.substeps
+    starts = np.arange(0, n_bins, chunk)
+    spikes = np.zeros((len(starts) * chunk * sub, net.n_exc + net.n_inh), np.uint8)
+    readout = np.zeros((len(starts) * chunk, net.n_out), np.float32)
+    for i in range(0, len(starts), batch):
+        s = starts[i:i + batch]
+        res = _run_chunks(net, counts, s, chunk, burn_in)
+        readout[s[0]: s[0] + len(s) * chunk] = res["readout"].reshape(-1, net.n_out)
+        spikes[s[0] * sub: (s[0] + len(s) * chunk) * sub] = res["spikes"].reshape(-1, spikes.shape[1])
+    return spikes[:n_bins * sub], readout[:n_bins]
+
+
 @torch.no_grad()
 def apply_readout(net: StudentNet, features: np.ndarray, block: int = 50_000) -> np.ndarray:
     """net.readout of features (n_bins, K * n_exc) -> (n_bins, D) float32, in blocks of rows."""
@@ -75,8 +92,11 @@ def student_readout(net: StudentNet, counts: np.ndarray, chunk: int = 200, burn_
     return apply_readout(net, student_features(net, counts, chunk, burn_in, batch))
 
 
-def firing_statistics(net: StudentNet, counts: np.ndarray, test_mask: np.ndarray, cfg: StudentConfig) -> dict:
-    """Firing statistics of the student on up to ``cfg.eval_spike_chunks`` chunks lying wholly in test bins."""
+def firing_statistics(net: StudentNet, counts: np.ndarray, test_mask: np.ndarray, cfg: StudentConfig,
+                      record: dict | None = None) -> dict:
+    """Firing statistics of the student on up to ``cfg.eval_spike_chunks`` chunks lying wholly in test bins.
+    ``record``: a dict that receives those chunks' ``spikes`` (B, eval_chunk * substeps, N) uint8 and
+    ``chunk_start_bin`` (B,) (what distill saves as spikes.npz)."""
     chunk = cfg.eval_chunk
     ok = np.concatenate([[0], np.cumsum(test_mask)])
     starts = np.arange(0, len(counts) - chunk + 1, chunk)
@@ -85,6 +105,8 @@ def firing_statistics(net: StudentNet, counts: np.ndarray, test_mask: np.ndarray
         return {}
     starts = starts[np.linspace(0, len(starts) - 1, min(cfg.eval_spike_chunks, len(starts))).astype(int)]
     spikes = _run_chunks(net, counts, starts, chunk, cfg.burn_in)["spikes"]
+    if record is not None:
+        record.update(spikes=spikes, chunk_start_bin=starts)
     cur = _run_chunks(net, counts, starts[:8], chunk, cfg.burn_in, record_currents=True)
     ne = net.n_exc
     r = spiking.rate_hz(spikes, cfg.dt)
@@ -147,13 +169,14 @@ def _in_states(state: np.ndarray | None, states, n: int) -> np.ndarray:
 def evaluate_student(net: StudentNet, counts: np.ndarray, latents: np.ndarray, split: np.ndarray,
                      cfg: StudentConfig, labels=None, teacher_decoding: dict | None = None,
                      train_states=None, test_states=None, decode: bool = True,
-                     readout: np.ndarray | None = None) -> tuple[dict, np.ndarray]:
+                     readout: np.ndarray | None = None, spikes_out: dict | None = None) -> tuple[dict, np.ndarray]:
     """All student metrics. counts: (n_bins, n_in), latents: (n_bins, D) teacher, split: (n_bins,) str.
 
     CCA directions are fit on train blocks of ``train_states`` and scored on test blocks of ``test_states`` (all
     states when empty; labels["state"] gives each bin's state). When they differ, ``cca_heldout_mean_within`` adds
     the score on test blocks of the training states. ``readout`` (n_bins, D): the student's readout when already
-    computed (distill computes it for the readout refit), else simulated here.
+    computed (distill computes it for the readout refit), else simulated here. ``spikes_out``: a dict that receives
+    the held-out spikes behind the firing statistics (see :func:`firing_statistics`).
     Returns (metrics dict, readout (n_bins, D) float32)."""
     net.eval()
     split = np.asarray(split).astype(str)
@@ -174,7 +197,7 @@ def evaluate_student(net: StudentNet, counts: np.ndarray, latents: np.ndarray, s
         if within.sum() >= 5 * z.shape[1]:
             m["cca_heldout_mean_within"] = float(np.mean(heldout_cca(z[tr], latents[tr], z[within], latents[within],
                                                                      cfg.ridge)))
-    m.update(firing_statistics(net, counts, te, cfg))
+    m.update(firing_statistics(net, counts, te, cfg, record=spikes_out))
     report = m.pop("_report", None)
     if report is not None:
         report["cca_null"] = np.asarray(null, np.float64)

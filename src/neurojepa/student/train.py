@@ -6,6 +6,8 @@
     config.yaml      the resolved StudentConfig
     metrics.json     {"student": {...}} (evaluate.py)
     readout.npz      readout (n_bins, D) float32: the student's latents for every bin, bin_size
+    report_data.npz  what the report draws (report_data.py)
+    spikes.npz       spikes of every neuron on the held-out chunks behind the firing statistics (spikes_file.py)
     last.ckpt, logs/ Lightning checkpoint (every val_every steps, for --resume) and CSV logs
     unconstrained/   the same for the ablation (no Dale, no homeostasis), with ``unconstrained=True``
 
@@ -31,12 +33,15 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from ..config import save_config, to_dict
 from ..errors import InputError, atomic_path
+from ..progress import progress_callbacks
+from ..runtime import set_torch_threads
 from .config import StudentConfig
 from .evaluate import apply_readout, evaluate_student, student_features, train_mask
 from .module import StudentModule
 from .network import StudentNet
 from .readout_fit import refit_readout
 from .report_data import write_report_data
+from .spikes_file import SPIKES_FILE, write_student_spikes
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +83,12 @@ def load_student(student_dir: str | Path) -> StudentNet:
     d = Path(student_dir)
     if not (d / "student.pt").is_file() or not (d / "config.yaml").is_file():
         raise InputError(d, "not a student directory (needs student.pt and config.yaml)")
-    cfg = read_config(StudentConfig, d / "config.yaml")
-    blob = torch.load(d / "student.pt", map_location="cpu", weights_only=True)
+    return student_from_file(d / "student.pt", read_config(StudentConfig, d / "config.yaml"))
+
+
+def student_from_file(path: Path, cfg: StudentConfig) -> StudentNet:
+    """The network saved by :func:`save_student` at ``path``, rebuilt with its config (weights-only load)."""
+    blob = torch.load(path, map_location="cpu", weights_only=True)
     net = StudentNet(int(blob["n_in"]), int(blob["n_out"]), cfg, float(blob["bin_size"]))
     net.load_state_dict(blob["state_dict"])
     return net.eval()
@@ -118,13 +127,15 @@ def fit_student(counts: np.ndarray, latents: np.ndarray, split: np.ndarray, cfg:
         raise InputError(last, "nothing to resume from (no last.ckpt)")
     ckpt = ModelCheckpoint(dirpath=out_dir, filename="step{step}", save_last=True, save_top_k=0,
                            every_n_train_steps=cfg.val_every)
+    name = "student" if homeostasis else "student (unconstrained)"
+    shown, bar = progress_callbacks(name, cfg.progress, ("train_loss", "val_loss", "val_cca", "val_rate"), per="step")
     trainer = L.Trainer(default_root_dir=out_dir, max_steps=cfg.max_steps, max_epochs=-1,
                         max_time=datetime.timedelta(minutes=cfg.max_minutes), accelerator="cpu", devices=1,
-                        logger=CSVLogger(out_dir, name="logs"), callbacks=[ckpt], gradient_clip_val=1.0,
+                        logger=CSVLogger(out_dir, name="logs"), callbacks=[ckpt, *shown], gradient_clip_val=1.0,
                         val_check_interval=cfg.val_every if val_dl is not None else None,
                         check_val_every_n_epoch=None, limit_val_batches=4, num_sanity_val_steps=0,
                         log_every_n_steps=10, enable_model_summary=False,
-                        enable_progress_bar=log.isEnabledFor(logging.INFO), deterministic=True)
+                        enable_progress_bar=bar, deterministic=True)
     t0 = time.time()
     trainer.fit(module, train_dl, val_dl, ckpt_path=str(last) if resume else None)
     log.info("trained %d steps in %.1f s", trainer.global_step, time.time() - t0)
@@ -184,6 +195,7 @@ def distill(dataset_dir: str | Path, teacher_dir: str | Path, out_dir: str | Pat
     train_states / test_states (lists of state names, empty = all): train (and validate) on blocks of
     train_states only; score held-out CCA on test blocks of test_states (the cross-state experiment)."""
     cfg = cfg or StudentConfig()
+    set_torch_threads(cfg.threads)
     out = Path(out_dir)
     ps, latents, teacher_decoding = _load_inputs(dataset_dir, teacher_dir)
     counts = ps.load_counts()
@@ -201,10 +213,15 @@ def distill(dataset_dir: str | Path, teacher_dir: str | Path, out_dir: str | Pat
     t0 = time.time()
     z = finish_readout(net, counts, latents, train_bins, cfg)
     save_student(net, out / "student.pt")
-    metrics, z = evaluate_student(net, counts, latents, split, cfg, labels, teacher_decoding, readout=z, **scoring)
+    held: dict = {}  # the held-out spikes behind the firing statistics -> spikes.npz
+    metrics, z = evaluate_student(net, counts, latents, split, cfg, labels, teacher_decoding, readout=z,
+                                  spikes_out=held, **scoring)
     report_data = metrics.pop("_report", None)
     if report_data is not None:
         write_report_data(out / "report_data.npz", **report_data)
+    if held:
+        write_student_spikes(out / SPIKES_FILE, held["spikes"], held["chunk_start_bin"], substeps=net.substeps,
+                             dt=cfg.dt, bin_size=ps.bin_size, t_start=ps.t_start, n_exc=net.n_exc)
     metrics.update(train_seconds=round(getattr(net, "train_seconds", 0.0), 1), eval_seconds=round(time.time() - t0, 1),
                    refit_seconds=round(getattr(net, "refit_seconds", 0.0), 1),
                    global_step=getattr(net, "global_step", None), time_capped=bool(getattr(net, "time_capped", False)),

@@ -68,10 +68,10 @@ class TrainConfig:
     lr: float = 3e-3                   # AdamW learning rate
     weight_decay: float = 1e-4         # AdamW weight decay
     steps_per_epoch: int = 50          # training steps per epoch (windows drawn by a seeded, state-balanced sampler)
-    max_epochs: int = 8                # with replay pairs gt_r2 still rises from epoch 4 to 8 (docs/teacher.md); ~2.5 min wall
+    max_epochs: int = 7                # training epochs (the curve of epochs vs held-out metrics: docs/budget.md)
     patience: int = 6                  # early stopping on val loss, in epochs
     val_windows: int = 256             # fixed val windows scored each epoch
-    threads: int = 1                   # torch threads (the machine is shared)
+    threads: int = 0                   # torch threads; 0 = every CPU this process may use (os.sched_getaffinity)
     progress: bool = True              # show the training progress bar
     accelerator: str = "auto"          # Lightning accelerator: auto (CUDA when present, else CPU) | cpu | gpu
     devices: int = 1                   # processes/GPUs per node (DDP when > 1 with strategy=ddp; docs/scale.md)

@@ -53,6 +53,8 @@ import numpy as np
 import torch
 
 from ..errors import InputError, atomic_path
+from ..progress import progress_callbacks
+from ..runtime import set_torch_threads
 from .config import TeacherConfig, check_choices
 from .model import TeacherNet
 from .module import TeacherModule
@@ -306,7 +308,7 @@ def teach_many(dataset_dirs: Sequence[str | os.PathLike], out_dir, cfg: TeacherC
     ``best_val_loss``, ``world_size``, ``replay_pairs`` (summed over sessions), ``dataset_dirs``, ``config``.
     resume: continue from ``out_dir/last.ckpt`` (same steps as an uninterrupted run); full_eval: False scores
     only gt_r2 and the collapse metrics (:func:`evaluate_session`)."""
-    from lightning.pytorch.callbacks import EarlyStopping, TQDMProgressBar
+    from lightning.pytorch.callbacks import EarlyStopping
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     from ..config import save_config, to_dict
@@ -320,7 +322,7 @@ def teach_many(dataset_dirs: Sequence[str | os.PathLike], out_dir, cfg: TeacherC
     check_choices(cfg)
     out = Path(out_dir)
     last = run_dir(out, resume)
-    torch.set_num_threads(cfg.train.threads)
+    set_torch_threads(cfg.train.threads, processes=cfg.train.devices)
     t0 = time.perf_counter()
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
 
@@ -347,13 +349,13 @@ def teach_many(dataset_dirs: Sequence[str | os.PathLike], out_dir, cfg: TeacherC
     ckpt = _GoodCheckpoint(dirpath=out, filename="best", monitor="val_loss", mode="min", enable_version_counter=False)
     periodic = _GoodCheckpoint(dirpath=out, filename="last", every_n_epochs=1, enable_version_counter=False)
     cbs = [ckpt, periodic, EarlyStopping("val_loss", patience=cfg.train.patience, mode="min")]
-    if cfg.train.progress:
-        cbs.append(TQDMProgressBar(refresh_rate=10))
+    shown, bar = progress_callbacks("teacher", cfg.train.progress, ("train_loss", "val_loss", "val_count"))
+    cbs += shown
     trainer = L.Trainer(default_root_dir=out, max_epochs=cfg.train.max_epochs, **trainer_kwargs(cfg.train),
                         deterministic=True, callbacks=cbs + list(callbacks or []), gradient_clip_val=1.0,
                         logger=[CSVLogger(out, name="logs", version="csv"),
                                 TensorBoardLogger(out, name="logs", version="tb")],
-                        log_every_n_steps=10, num_sanity_val_steps=0, enable_progress_bar=cfg.train.progress,
+                        log_every_n_steps=10, num_sanity_val_steps=0, enable_progress_bar=bar,
                         enable_model_summary=False, use_distributed_sampler=False)
     if trainer.is_global_zero:
         save_config(cfg, out / "config.yaml")

@@ -9,6 +9,10 @@
     latents.npz            latents (n_bins, D) float32 causal latents of EVERY bin, bin_size, t_start,
                            dataset_dir, heldin_units / heldout_units (unit indices), embed_dim
 
+One core: :func:`fit_teacher` trains on any session with the PreparedSession attributes and returns the module at
+its best checkpoint; :func:`teach_session` (the pipeline, via ``teach``) adds evaluation and the files above, and
+``nj.Teacher.fit`` (neurojepa/estimators.py) calls it on counts handed in as arrays.
+
 Determinism: ``seed_everything`` + ``deterministic=True``; windows are drawn by a sampler seeded by
 (seed, epoch) and all in-step randomness by (seed, global step), so resuming from ``last.ckpt`` (saved at the end
 of each epoch) replays the same steps and gives the same final metrics as an uninterrupted run.
@@ -30,17 +34,20 @@ import logging
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..config import save_config, to_dict
 from ..errors import InputError, atomic_path
+from ..progress import progress_callbacks
+from ..runtime import set_torch_threads
 from .config import TeacherConfig, TrainConfig, check_choices
 from .evaluate import evaluate_teacher
 from .module import TeacherModule
@@ -171,17 +178,34 @@ def split_units(n_units: int, heldout_fraction: float, seed: int) -> tuple[np.nd
     return np.sort(perm[n_out:]), np.sort(perm[:n_out])
 
 
-def encode_states(module: TeacherModule, x: np.ndarray, labels) -> np.ndarray:
+def units_besides(n_units: int, heldout) -> tuple[np.ndarray, np.ndarray]:
+    """(held-in, held-out) unit indices, sorted, for the held-out indices chosen by the user (any order)."""
+    out = np.unique(np.asarray(heldout, dtype=np.int64).reshape(-1))
+    if len(out) and (out[0] < 0 or out[-1] >= n_units):
+        raise InputError("heldout_units", f"unit indices must lie in [0, {n_units}), got {out[0]}..{out[-1]}")
+    heldin = np.setdiff1d(np.arange(n_units), out)
+    if len(heldin) == 0:
+        raise InputError("heldout_units", "every unit is held out; the encoder needs at least one")
+    return heldin, out
+
+
+def encode_states(module: TeacherModule, x: np.ndarray, labels, states: list[str] | None = None) -> np.ndarray:
     """Causal latents (n_bins, D) float32 of the held-in counts x: (n_bins, U); with ``model.state_readin`` every
-    bin takes the encoding through its own state's read-in (each pass is causal, so the mix is too)."""
+    bin takes the encoding through its own state's read-in (each pass is causal, so the mix is too). states: the
+    state names in the order of the codes the module trained with (default: the sorted states of ``labels``)."""
     net = module.net.eval()
     if len(module.state_keys) == 1:
         return net.encode_long(x).numpy().astype(np.float32)
     state = labels["state"].to_numpy().astype(str)
+    names = list(states) if states is not None else sorted(set(state))
+    unknown = sorted(set(state) - set(names))
+    if unknown:
+        raise InputError("states", f"state(s) {unknown} have no read-in; the teacher knows {names}")
     z = np.zeros((len(x), net.embed_dim), np.float32)
-    for code, name in enumerate(sorted(set(state))):
+    for code, name in enumerate(names):
         rows = state == name
-        z[rows] = net.encode_long(x, module.state_keys[code]).numpy()[rows]
+        if rows.any():
+            z[rows] = net.encode_long(x, module.state_keys[code]).numpy()[rows]
     return z
 
 
@@ -199,6 +223,9 @@ def replay_dataset(session, x: np.ndarray, train_ds: Windows, segs: list, states
     labels = getattr(session, "labels", None)
     if labels is None or not {source, target} <= set(labels["state"].astype(str)):
         return None  # a real recording without a replay block: silently off (docs/teacher.md)
+    if "time_since_flash" not in labels or "image" not in labels:
+        log.info("teacher: replay pairing off: no flash labels to pair %s and %s windows by", source, target)
+        return None  # counts handed in as arrays carry states only (nj.Teacher)
     starts = train_ds.starts[train_ds.states == source]
     allowed = [g for g, s in zip(segs, states) if s == target]
     partners = replay_partners(labels, float(session.bin_size), float(getattr(session, "t_start", 0.0)), starts,
@@ -242,6 +269,57 @@ def teach_session(session, out_dir, cfg: TeacherConfig | None = None, resume: bo
     decoding) are scored on the test blocks of these states. None or [] means all states."""
     cfg = cfg or TeacherConfig()
     train_states, test_states = list(train_states or []), list(test_states or [])
+    out = Path(out_dir)
+    fit = fit_teacher(session, out, cfg, resume=resume, dataset_dir=dataset_dir, callbacks=callbacks,
+                      train_states=train_states, test_states=test_states)
+    if fit is None:  # under DDP every rank returns from fit; rank 0 alone evaluates and writes
+        return out
+    z = encode_states(fit.module, fit.x, getattr(session, "labels", None))
+    metrics = evaluate_teacher(fit.module.net, z, session, fit.counts, fit.heldin, fit.heldout, cfg, train_states,
+                               test_states)
+    metrics.update(train_seconds=round(fit.train_seconds, 2), epochs=fit.epochs, global_step=fit.global_step,
+                   best_val_loss=fit.best_val_loss, regulariser=cfg.loss.regulariser,
+                   train_states=train_states, test_states=test_states, replay_pairs=fit.replay_pairs,
+                   config=to_dict(cfg))
+    with atomic_path(out / "metrics.json") as tmp:
+        tmp.write_text(json.dumps({"teacher": metrics}, indent=2, default=float))
+    with atomic_path(out / "latents.npz") as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, latents=z, bin_size=float(session.bin_size), t_start=float(session.t_start),
+                     dataset_dir=str(dataset_dir), heldin_units=fit.heldin, heldout_units=fit.heldout,
+                     embed_dim=int(z.shape[1]))
+    log.info("teacher: done in %.1f s (train %.1f s)", time.perf_counter() - fit.started, fit.train_seconds)
+    return out
+
+
+@dataclass
+class FittedTeacher:
+    """What :func:`fit_teacher` hands back: the module at its best checkpoint (eval mode) and the facts of the run."""
+
+    module: TeacherModule
+    counts: np.ndarray        # (n_bins, n_units) the session's counts
+    x: np.ndarray             # (n_bins, len(heldin)) the held-in counts the encoder reads
+    heldin: np.ndarray        # unit indices (columns of counts) the encoder reads, sorted
+    heldout: np.ndarray       # unit indices hidden from it (for co-smoothing), sorted
+    states: list[str]         # state names in state-code order (sorted; empty without labels)
+    started: float            # time.perf_counter() at the start of training
+    train_seconds: float
+    epochs: int
+    global_step: int
+    best_val_loss: float | None
+    replay_pairs: int
+
+
+def fit_teacher(session, out_dir, cfg: TeacherConfig, *, heldout: np.ndarray | None = None, resume: bool = False,
+                dataset_dir: str = "", callbacks: list[Callback] | None = None,
+                train_states: list[str] | None = None, test_states: list[str] | None = None) -> FittedTeacher | None:
+    """Train the teacher on a session with the PreparedSession attributes (a prepared directory, a toy session, an
+    :class:`~neurojepa.data.arrays.ArraySession`): the one training core of ``teach`` and ``nj.Teacher.fit``.
+
+    Windows come from the session's train (and val) segments; out_dir receives config.yaml, best.ckpt, last.ckpt
+    and logs/. heldout: unit indices hidden from the encoder; None takes ``eval.heldout_fraction`` of the units
+    at random (seeded, :func:`split_units`). Returns None on DDP ranks other than 0."""
+    train_states, test_states = list(train_states or []), list(test_states or [])
     labels = getattr(session, "labels", None)
     known = set(labels["state"].astype(str)) if labels is not None else set()
     for name, given in (("train_states", train_states), ("test_states", test_states)):
@@ -250,11 +328,14 @@ def teach_session(session, out_dir, cfg: TeacherConfig | None = None, resume: bo
     check_choices(cfg)
     out = Path(out_dir)
     last = run_dir(out, resume)  # a fresh run clears stale checkpoints and logs (rank 0 only)
-    torch.set_num_threads(cfg.train.threads)
+    set_torch_threads(cfg.train.threads, processes=cfg.train.devices)
     t0 = time.perf_counter()
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     counts = session.load_counts()
-    heldin, heldout = split_units(counts.shape[1], cfg.eval.heldout_fraction, cfg.train.seed)
+    if heldout is None:
+        heldin, heldout = split_units(counts.shape[1], cfg.eval.heldout_fraction, cfg.train.seed)
+    else:
+        heldin, heldout = units_besides(counts.shape[1], heldout)
     x = np.ascontiguousarray(counts[:, heldin])
     # state codes travel with each window only where a per-state read-out needs them
     per_state = cfg.loss.state_readout or cfg.model.state_readin
@@ -288,12 +369,12 @@ def teach_session(session, out_dir, cfg: TeacherConfig | None = None, resume: bo
     ckpt = _GoodCheckpoint(dirpath=out, filename="best", monitor="val_loss", mode="min", enable_version_counter=False)
     periodic = _GoodCheckpoint(dirpath=out, filename="last", every_n_epochs=1, enable_version_counter=False)
     cbs: list[Callback] = [ckpt, periodic, EarlyStopping("val_loss", patience=cfg.train.patience, mode="min")]
-    if cfg.train.progress:
-        cbs.append(TQDMProgressBar(refresh_rate=10))
+    shown, bar = progress_callbacks("teacher", cfg.train.progress, ("train_loss", "val_loss", "val_count"))
+    cbs += shown
     trainer = L.Trainer(default_root_dir=out, max_epochs=cfg.train.max_epochs, **trainer_kwargs(cfg.train),
                         deterministic=True, callbacks=cbs + list(callbacks or []), gradient_clip_val=1.0,
                         logger=[CSVLogger(out, name="logs", version="csv"), TensorBoardLogger(out, name="logs", version="tb")],
-                        log_every_n_steps=10, num_sanity_val_steps=0, enable_progress_bar=cfg.train.progress,
+                        log_every_n_steps=10, num_sanity_val_steps=0, enable_progress_bar=bar,
                         enable_model_summary=False)
     save_config(cfg, out / "config.yaml")
     trainer.fit(module, train_dl, val_dl, ckpt_path=str(last) if resume else None)
@@ -301,26 +382,13 @@ def teach_session(session, out_dir, cfg: TeacherConfig | None = None, resume: bo
         raise InputError("teacher", f"training diverged (non-finite loss or gradient at step {module.diverged_at}); "
                                     f"the last good checkpoint is {last}; try a lower train.lr")
     train_s = time.perf_counter() - t0
-    if trainer.global_rank != 0:  # under DDP every rank returns from fit; rank 0 alone evaluates and writes
-        return out
+    if trainer.global_rank != 0:
+        return None
 
     best = out / "best.ckpt"
     state = torch.load(best if best.is_file() else last, map_location="cpu", weights_only=True)["state_dict"]
     module.load_state_dict(state)
-    net = module.net.eval()
-    z = encode_states(module, x, labels)
-    metrics = evaluate_teacher(net, z, session, counts, heldin, heldout, cfg, train_states, test_states)
-    metrics.update(train_seconds=round(train_s, 2), epochs=int(trainer.current_epoch),
-                   global_step=int(trainer.global_step), best_val_loss=float(ckpt.best_model_score)
-                   if ckpt.best_model_score is not None else None, regulariser=cfg.loss.regulariser,
-                   train_states=train_states, test_states=test_states,
-                   replay_pairs=len(paired) if paired is not None else 0, config=to_dict(cfg))
-    with atomic_path(out / "metrics.json") as tmp:
-        tmp.write_text(json.dumps({"teacher": metrics}, indent=2, default=float))
-    with atomic_path(out / "latents.npz") as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, latents=z, bin_size=float(session.bin_size), t_start=float(session.t_start),
-                     dataset_dir=str(dataset_dir), heldin_units=heldin, heldout_units=heldout,
-                     embed_dim=int(z.shape[1]))
-    log.info("teacher: done in %.1f s (train %.1f s)", time.perf_counter() - t0, train_s)
-    return out
+    module.net.eval()
+    return FittedTeacher(module, counts, x, heldin, heldout, sorted(known), t0, train_s, int(trainer.current_epoch),
+                         int(trainer.global_step), float(ckpt.best_model_score)
+                         if ckpt.best_model_score is not None else None, len(paired) if paired is not None else 0)

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError, atomic_path
+from ..runtime import set_torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ def transfer(dataset_dir, teacher_dir, out_dir, steps: int = 300, lr: float = 1e
     torch.manual_seed(seed)
     module, cfg, _ = load_multisession_teacher(tdir, {name: heldin.tolist()}, {name: known_states})
     cfg.eval.baselines = bool(baselines)
-    torch.set_num_threads(cfg.train.threads)
+    set_torch_threads(cfg.train.threads)
     key = module.keys[module.names.index(name)]
     module.session = key
     net = module.net
