@@ -1,8 +1,9 @@
 """Training length vs quality of the main job's defaults: the curve behind `make demo`'s time budget (docs/budget.md).
 
-    python benchmarks/demo_budget.py RUN_DIR [--epochs 4 5 6 7 8] [--steps 200 250] [--out /tmp/budget]
+    python benchmarks/demo_budget.py RUN_DIR [--epochs 4 5 6 7 8] [--steps 150 200 250 350] [--out /tmp/budget]
 
-RUN_DIR is a finished `neurojepa run` (its prepare/ and teacher/ stages are reused).
+RUN_DIR is a finished `neurojepa run` (its prepare/ and teacher/ stages are reused; the teacher curve alone needs
+only RUN_DIR/prepare, e.g. from `neurojepa prepare` of another seed's session).
 
 Teacher: one training run of max(--epochs) epochs with a checkpoint every epoch; the point for N epochs evaluates
 the checkpoint a ``train.max_epochs=N`` run would keep (the lowest val loss among the first N epochs: the learning
@@ -47,9 +48,10 @@ def _val_losses(out: Path) -> list[float]:
     return [float(r["val_loss"]) for r in rows if r.get("val_loss")]
 
 
-def teacher_curve(run_dir: Path, epochs: list[int], out: Path) -> list[dict]:
+def teacher_curve(run_dir: Path, epochs: list[int], out: Path, threads: int = 0) -> list[dict]:
     ps = PreparedSession.load(run_dir / "prepare")
-    cfg = load_config(TeacherConfig, None, [f"train.max_epochs={max(epochs)}", "train.progress=false"])
+    cfg = load_config(TeacherConfig, None, [f"train.max_epochs={max(epochs)}", "train.progress=false",
+                                            f"train.threads={threads}"])
     every = ModelCheckpoint(dirpath=out / "epochs", filename="e{epoch}", save_top_k=-1, every_n_epochs=1,
                             enable_version_counter=False, auto_insert_metric_name=False)
     clock = _EpochClock()
@@ -71,10 +73,10 @@ def teacher_curve(run_dir: Path, epochs: list[int], out: Path) -> list[dict]:
     return rows
 
 
-def student_curve(run_dir: Path, steps: list[int], out: Path) -> list[dict]:
+def student_curve(run_dir: Path, steps: list[int], out: Path, threads: int = 0) -> list[dict]:
     rows = []
     for s in steps:
-        cfg = load_config(StudentConfig, None, [f"max_steps={s}", "progress=false"])
+        cfg = load_config(StudentConfig, None, [f"max_steps={s}", "progress=false", f"threads={threads}"])
         t0 = time.perf_counter()
         d = distill(run_dir / "prepare", run_dir / "teacher", out / f"student_{s}", cfg, unconstrained=True)
         m = json.loads((d / "metrics.json").read_text())["student"]
@@ -92,11 +94,12 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, nargs="*", default=[4, 5, 6, 7, 8])
     ap.add_argument("--steps", type=int, nargs="*", default=[200, 250, 350])
     ap.add_argument("--out", type=Path, default=Path("/tmp/demo_budget"))
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: every available CPU)")
     args = ap.parse_args()
     if args.epochs:
-        teacher_curve(args.run_dir, sorted(args.epochs), args.out / "teacher")
+        teacher_curve(args.run_dir, sorted(args.epochs), args.out / "teacher", args.threads)
     if args.steps:
-        student_curve(args.run_dir, sorted(args.steps), args.out)
+        student_curve(args.run_dir, sorted(args.steps), args.out, args.threads)
 
 
 if __name__ == "__main__":
