@@ -80,15 +80,6 @@ def _options(schema: type, config, options: dict[str, Any], name: str):
     return load_config(schema, file, as_overrides(base) + as_overrides(options), where=f"{name} options")
 
 
-def _check_latents(latents, n_bins: int) -> np.ndarray:
-    lat = np.asarray(latents, dtype=np.float32)
-    if lat.ndim != 2 or len(lat) != n_bins:
-        raise InputError("latents", f"need shape ({n_bins}, D), one row per bin of counts, got {lat.shape}")
-    if not np.isfinite(lat).all():
-        raise InputError("latents", "contain NaN or inf")
-    return lat
-
-
 def _write_dir(path: Path, kind: str, meta: dict, write_weights) -> Path:
     """DIR/<kind>.pt (by ``write_weights(file)``) and DIR/<kind>.json, the directory replaced as a whole."""
     with atomic_path(path, directory=True) as tmp:
@@ -252,13 +243,13 @@ class Student(_Estimator):
         deals them), then the readout refit on train bins. Returns self."""
         from .runtime import set_torch_threads
         from .student.evaluate import train_mask
-        from .student.train import finish_readout, fit_student
+        from .student.train import check_latents, finish_readout, fit_student
 
         cfg = self.config
         set_torch_threads(cfg.threads)
         session = ArraySession(counts, bin_size, states, split, splits=cfg.splits)
         x = session.load_counts()
-        lat = _check_latents(latents, session.n_bins)
+        lat = check_latents(latents, session.n_bins)
         with tempfile.TemporaryDirectory(prefix="neurojepa-student-", ignore_cleanup_errors=True) as work:
             net = fit_student(x, lat, session.split, cfg, Path(work), session.bin_size,
                               train_segments=session.segments("train"), val_segments=session.segments("val"))
@@ -290,11 +281,12 @@ class Student(_Estimator):
         blocks, scored on test blocks (``cca_heldout_mean`` beside a time-shifted null), firing statistics on test
         blocks (``rate_hz_median``, ``frac_in_band``, ``cv_isi_median``, ...) and ``dale_violations``."""
         from .student.evaluate import evaluate_student
+        from .student.train import check_latents
 
         self._require_fit()
         session = ArraySession(self._counts(counts), self.net_.bin_size, states, split,
                                splits=self.config.splits)
-        lat = _check_latents(latents, session.n_bins)
+        lat = check_latents(latents, session.n_bins)
         metrics, _ = evaluate_student(self.net_, session.load_counts(), lat, session.split, self.config,
                                       session.labels)
         metrics.pop("_report", None)

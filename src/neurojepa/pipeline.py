@@ -24,6 +24,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -321,8 +322,6 @@ def run(out: str | Path, cfg: RunConfig | None = None, input_path: str | Path | 
             console.print(f"- report: {build_report(out)}")
     except Exception as err:
         if created and completed == 0:  # nothing of value: leave nothing that looks like a run
-            import shutil
-
             shutil.rmtree(out, ignore_errors=True)
         else:
             why = str(err) if isinstance(err, InputError) else f"{type(err).__name__}: {err}"

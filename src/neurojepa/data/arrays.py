@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
-from .dataset import SPLITS, segments_of
+from .dataset import SPLITS, split_segments
 from .prepare import PrepareConfig, assign_splits
 
 
@@ -99,11 +99,7 @@ class ArraySession:
 
     def segments(self, split: str, states=None) -> list[tuple[int, int]]:
         """Maximal [start, stop) bin runs of one split inside one state (optionally only ``states``)."""
-        state = self.labels["state"].to_numpy()
-        mask = self.split == split
-        if states is not None:
-            mask &= np.isin(state, list(states))
-        return segments_of(mask, state)
+        return split_segments(self.split, self.labels["state"].to_numpy(), split, states)
 
     def __repr__(self) -> str:
         return f"ArraySession({self.n_bins} bins x {self.n_units} units, bin {self.bin_size * 1e3:g} ms)"

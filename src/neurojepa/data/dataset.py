@@ -81,6 +81,16 @@ def segments_of(mask: np.ndarray, states: np.ndarray) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if mask[a]]
 
 
+def split_segments(split: np.ndarray, state: np.ndarray, name: str, states=None) -> list[tuple[int, int]]:
+    """Maximal [start, stop) bin runs of split ``name`` inside one state (optionally only ``states``).
+
+    split, state: (n_bins,) per-bin split names and state names; the ``segments`` of every session type."""
+    mask = np.asarray(split) == name
+    if states is not None:
+        mask &= np.isin(state, list(states))
+    return segments_of(mask, state)
+
+
 # ------------------------------------------------------------------------------------------- prepared session
 class PreparedSession:
     """A directory written by ``neurojepa prepare``, opened lazily. See the module docstring for the layout.
@@ -150,11 +160,7 @@ class PreparedSession:
         """Maximal [start, stop) bin runs of one split inside one state (optionally only ``states``)."""
         if split not in SPLITS[1:]:
             raise InputError("split", f"unknown split '{split}' (choose from train, val, test)")
-        state = self.labels["state"].to_numpy()
-        mask = self.split == split
-        if states is not None:
-            mask &= np.isin(state, list(states))
-        return segments_of(mask, state)
+        return split_segments(self.split, self.labels["state"].to_numpy(), split, states)
 
     def close(self) -> None:
         if self._h5 is not None:

@@ -52,14 +52,26 @@ def student_features(net: StudentNet, counts: np.ndarray, chunk: int = 200, burn
                      batch: int = 64) -> np.ndarray:
     """The readout's input for every bin, (n_bins, K * n_exc) float32 (filtered E spike counts), from a causal
     chunked simulation of counts (n_bins, n_in); ``net.readout`` of it is the student's readout."""
+    return _whole_session(net, counts, chunk, burn_in, batch, ("features",))["features"]
+
+
+def _whole_session(net: StudentNet, counts: np.ndarray, chunk: int, burn_in: int, batch: int,
+                   keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Every bin of counts (n_bins, n_in) simulated in causal chunks, ``batch`` chunks at a time; for each of
+    ``keys`` (outputs of :func:`_run_chunks`) its rows in time order, (n_bins * rows per bin, width)."""
     n_bins = len(counts)
     starts = np.arange(0, n_bins, chunk)
-    out = np.zeros((len(starts) * chunk, net.readout.in_features), np.float32)
+    out: dict[str, np.ndarray] = {}
     for i in range(0, len(starts), batch):
         s = starts[i:i + batch]
-        f = _run_chunks(net, counts, s, chunk, burn_in)["features"]
-        out[s[0]: s[0] + len(s) * chunk] = f.reshape(-1, f.shape[-1])
-    return out[:n_bins]
+        res = _run_chunks(net, counts, s, chunk, burn_in)
+        for k in keys:
+            v = res[k]
+            per = v.shape[1] // chunk  # rows per bin: 1, or the sub-steps of spikes
+            if k not in out:
+                out[k] = np.zeros((len(starts) * chunk * per, v.shape[-1]), v.dtype)
+            out[k][s[0] * per: (s[0] + len(s) * chunk) * per] = v.reshape(-1, v.shape[-1])
+    return {k: v[: n_bins * (len(v) // (len(starts) * chunk))] for k, v in out.items()}
 
 
 def simulate_chunked(net: StudentNet, counts: np.ndarray, chunk: int = 200, burn_in: int = 8,
@@ -67,16 +79,8 @@ def simulate_chunked(net: StudentNet, counts: np.ndarray, chunk: int = 200, burn
     """The student driven by counts (n_bins, n_in) the way evaluation drives it: causal chunks of ``chunk`` bins,
     each warmed up on its own ``burn_in`` bins of past input. Returns spikes (n_bins * substeps, N) uint8, one row
     per ``dt`` step (E neurons first), and the readout (n_bins, D) float32."""
-    n_bins, sub = len(counts), net.substeps
-    starts = np.arange(0, n_bins, chunk)
-    spikes = np.zeros((len(starts) * chunk * sub, net.n_exc + net.n_inh), np.uint8)
-    readout = np.zeros((len(starts) * chunk, net.n_out), np.float32)
-    for i in range(0, len(starts), batch):
-        s = starts[i:i + batch]
-        res = _run_chunks(net, counts, s, chunk, burn_in)
-        readout[s[0]: s[0] + len(s) * chunk] = res["readout"].reshape(-1, net.n_out)
-        spikes[s[0] * sub: (s[0] + len(s) * chunk) * sub] = res["spikes"].reshape(-1, spikes.shape[1])
-    return spikes[:n_bins * sub], readout[:n_bins]
+    res = _whole_session(net, counts, chunk, burn_in, batch, ("spikes", "readout"))
+    return res["spikes"], res["readout"]
 
 
 @torch.no_grad()

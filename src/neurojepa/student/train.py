@@ -164,6 +164,16 @@ def finish_readout(net: StudentNet, counts: np.ndarray, latents: np.ndarray, tra
     return apply_readout(net, feats)
 
 
+def check_latents(latents, n_bins: int, where="latents") -> np.ndarray:
+    """Teacher latents as (n_bins, D) float32, one row per bin of the counts, all finite; else an InputError."""
+    lat = np.asarray(latents, dtype=np.float32)
+    if lat.ndim != 2 or len(lat) != n_bins:
+        raise InputError(where, f"latents of shape {lat.shape} do not match the {n_bins} bins of the counts")
+    if not np.isfinite(lat).all():
+        raise InputError(where, "latents contain NaN or inf")
+    return lat
+
+
 def _load_inputs(dataset_dir: str | Path, teacher_dir: str | Path):
     from ..data.dataset import PreparedSession
 
@@ -172,14 +182,10 @@ def _load_inputs(dataset_dir: str | Path, teacher_dir: str | Path):
     if not tfile.is_file():
         raise InputError(teacher_dir, "no latents.npz (train the teacher first)")
     with np.load(tfile) as z:
-        latents = np.asarray(z["latents"], np.float32)
+        latents = check_latents(z["latents"], ps.n_bins, tfile)
         t_bin = float(z["bin_size"]) if "bin_size" in z else ps.bin_size
-    if latents.ndim != 2 or len(latents) != ps.n_bins:
-        raise InputError(tfile, f"latents of shape {latents.shape} do not match the dataset's {ps.n_bins} bins")
     if abs(t_bin - ps.bin_size) > 1e-9:
         raise InputError(tfile, f"bin_size {t_bin} differs from the dataset's {ps.bin_size}")
-    if not np.isfinite(latents).all():
-        raise InputError(tfile, "latents contain NaN or inf")
     teacher_decoding = None
     mfile = Path(teacher_dir) / "metrics.json"
     if mfile.is_file():

@@ -15,6 +15,8 @@ import numpy as np
 import pandas as pd
 from scipy.signal import lfilter
 
+from ..data.dataset import split_segments
+
 
 class ToySession:
     """Synthetic prepared session. n_bins per state, n_units units, d latents, 10 ms bins."""
@@ -76,12 +78,4 @@ class ToySession:
         return self.t_start + np.arange(self.n_bins) * self.bin_size
 
     def segments(self, split: str, states=None) -> list[tuple[int, int]]:
-        state = self.labels["state"].to_numpy()
-        ok = (self.split == split) & (np.isin(state, list(states)) if states is not None else True)
-        change = np.flatnonzero(np.diff(np.concatenate([[0], ok.astype(int), [0]])) != 0)
-        runs = [(int(a), int(b)) for a, b in zip(change[::2], change[1::2])]
-        out = []
-        for a, b in runs:  # also cut where the state changes
-            cuts = [a] + [i for i in range(a + 1, b) if state[i] != state[i - 1]] + [b]
-            out.extend(zip(cuts[:-1], cuts[1:]))
-        return out
+        return split_segments(self.split, self.labels["state"].to_numpy(), split, states)
