@@ -32,18 +32,24 @@ def _add_simulate(sub) -> None:
     p.add_argument("--minutes", type=float, default=None, help="minutes per task block (default: preset's)")
     p.add_argument("--preset", choices=["default", "vbn"], default="default",
                    help="'default': ~400 units, two ~15 min blocks; 'vbn': full size, ~2,000 units, ~2.5 h")
+    p.add_argument("overrides", nargs="*", metavar="field=value",
+                   help="any simulator setting (SimConfig in data/simulate.py), e.g. vbn_blocks=false")
     p.set_defaults(func=_run_simulate)
 
 
 def _run_simulate(args) -> int:
-    from .data.simulate import simulate_sessions_to_nwb, simulate_to_nwb
+    from .data.simulate import parse_overrides, simulate_sessions_to_nwb, simulate_to_nwb
 
+    overrides = parse_overrides(args.overrides)
     if args.sessions is not None:
+        if overrides:
+            raise InputError("simulate", "field=value settings apply to one session (not with --sessions)")
         for path in simulate_sessions_to_nwb(args.out, args.sessions, seed=args.seed, n_units=args.units,
                                              minutes=args.minutes, preset=args.preset):
             print(f"wrote {path}")
         return 0
-    path = simulate_to_nwb(args.out, seed=args.seed, n_units=args.units, minutes=args.minutes, preset=args.preset)
+    path = simulate_to_nwb(args.out, seed=args.seed, n_units=args.units, minutes=args.minutes, preset=args.preset,
+                           **overrides)
     print(f"wrote {path}")
     return 0
 

@@ -12,10 +12,13 @@ its own config section, of the keys of the stages it reads from, and of its inpu
 unless ``force=True`` (``--force``), so results of two configs never mix silently.
 
 ``DIR/status.json`` says how the last attempt ended: ``{"state": "complete" | "failed" | "interrupted", "stage",
-"error", "seconds"}``. A failed run leaves nothing that looks like a finished run: when the attempt created the
-directory and no stage completed, the directory is removed; otherwise ``status.json`` says failed, at which stage
-and why, and the next ``neurojepa run`` there starts that stage afresh (with a corrected config too: stages whose
-key did not change are kept, the others rerun, so two configs still never mix).
+"error", "seconds", "stages", "peak_mb"}``: ``stages`` holds each stage this attempt ran (and the report) as
+``{"seconds", "peak_mb"}``, its wall time and peak resident memory (sampled 20 times a second,
+runtime.MemoryWatch); ``peak_mb`` is the process's peak over the whole attempt (VmHWM).
+A failed run leaves nothing that looks like a finished run: when the attempt created the directory and no stage
+completed, the directory is removed; otherwise ``status.json`` says failed, at which stage and why, and the next
+``neurojepa run`` there starts that stage afresh (with a corrected config too: stages whose key did not change are
+kept, the others rerun, so two configs still never mix).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from . import __version__
 from .config import config_hash, load_config, save_config, to_dict
 from .data.prepare import PrepareConfig
 from .errors import InputError, atomic_path
+from .runtime import MemoryWatch, peak_memory_mb
 from .student.config import StudentConfig
 from .teacher.config import TeacherConfig
 
@@ -131,8 +135,10 @@ class Pipeline:
         p = self._record_path(stage)
         return json.loads(p.read_text()) if p.is_file() else None
 
-    def _write_record(self, stage: str, key: str, complete: bool, seconds: float | None = None) -> None:
-        rec = {"stage": stage, "key": key, "complete": complete, "seconds": seconds, "version": __version__}
+    def _write_record(self, stage: str, key: str, complete: bool, seconds: float | None = None,
+                      peak_mb: float | None = None) -> None:
+        rec = {"stage": stage, "key": key, "complete": complete, "seconds": seconds, "peak_mb": peak_mb,
+               "version": __version__}
         with atomic_path(self._record_path(stage)) as tmp:
             tmp.write_text(json.dumps(rec, indent=2))
 
@@ -243,8 +249,9 @@ def run_status(out: str | Path) -> dict | None:
 
 
 def _write_status(out: Path, state: str, stage: str | None = None, error: str | None = None,
-                  seconds: float | None = None) -> None:
-    doc = {"state": state, "stage": stage, "error": error, "seconds": seconds, "version": __version__}
+                  seconds: float | None = None, stages: dict | None = None) -> None:
+    doc = {"state": state, "stage": stage, "error": error, "seconds": seconds, "stages": stages or {},
+           "peak_mb": peak_memory_mb(), "version": __version__}
     with atomic_path(out / "status.json") as tmp:
         tmp.write_text(json.dumps(doc, indent=2))
 
@@ -295,6 +302,7 @@ def run(out: str | Path, cfg: RunConfig | None = None, input_path: str | Path | 
         tmp.write_text(OmegaConf.to_yaml({"input": None if ipath is None else str(ipath.resolve()),
                                           "config": to_dict(cfg)}))
     t_run, completed, current = time.perf_counter(), 0, None
+    done: dict = {}  # {stage: {"seconds", "peak_mb"}} of the stages this attempt ran (peak: resident, per stage)
     try:
         for stage in pipe.stages():
             current = stage.name
@@ -308,27 +316,32 @@ def run(out: str | Path, cfg: RunConfig | None = None, input_path: str | Path | 
             console.print(f"[bold]- {stage.name}[/bold]: {'resuming' if resume else 'running'}")
             pipe._write_record(stage.name, stage.key, complete=False)
             t0 = time.perf_counter()
-            stage.run(resume)
-            seconds = round(time.perf_counter() - t0, 1)
-            pipe._write_record(stage.name, stage.key, complete=True, seconds=seconds)
+            with MemoryWatch() as mem:
+                stage.run(resume)
+            seconds, peak = round(time.perf_counter() - t0, 1), mem.peak_mb
+            pipe._write_record(stage.name, stage.key, complete=True, seconds=seconds, peak_mb=peak)
+            done[stage.name] = {"seconds": seconds, "peak_mb": peak}
             completed += 1
-            console.print(f"  {stage.name}: done in {seconds:.1f} s")
+            console.print(f"  {stage.name}: done in {seconds:.1f} s, peak memory {peak / 1024:.2f} GB (sampled)")
         current = "report"
-        metrics = pipe.merge_metrics()
-        console.print(f"- metrics: {metrics}")
-        if cfg.report:
-            from .report.build import build_report
+        t0 = time.perf_counter()
+        with MemoryWatch() as mem:
+            metrics = pipe.merge_metrics()
+            console.print(f"- metrics: {metrics}")
+            if cfg.report:
+                from .report.build import build_report
 
-            console.print(f"- report: {build_report(out)}")
+                console.print(f"- report: {build_report(out)}")
+        done["report"] = {"seconds": round(time.perf_counter() - t0, 1), "peak_mb": mem.peak_mb}
     except Exception as err:
         if created and completed == 0:  # nothing of value: leave nothing that looks like a run
             shutil.rmtree(out, ignore_errors=True)
         else:
             why = str(err) if isinstance(err, InputError) else f"{type(err).__name__}: {err}"
-            _write_status(out, "failed", current, " ".join(why.split()), round(time.perf_counter() - t_run, 1))
+            _write_status(out, "failed", current, " ".join(why.split()), round(time.perf_counter() - t_run, 1), done)
         raise
     except BaseException:  # Ctrl-C or a kill signal turned into an exception: resumable as it stands
-        _write_status(out, "interrupted", current, None, round(time.perf_counter() - t_run, 1))
+        _write_status(out, "interrupted", current, None, round(time.perf_counter() - t_run, 1), done)
         raise
-    _write_status(out, "complete", None, None, round(time.perf_counter() - t_run, 1))
+    _write_status(out, "complete", None, None, round(time.perf_counter() - t_run, 1), done)
     return out

@@ -34,3 +34,61 @@ def set_torch_threads(threads: int, processes: int = 1) -> int:
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n
+
+
+
+def _status_kb(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory (MB) of this process since it started (VmHWM; ru_maxrss where /proc is absent)."""
+    kb = _status_kb("VmHWM")
+    if kb is None:
+        import resource
+        import sys
+
+        kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // (1024 if sys.platform == "darwin" else 1)
+    return round(kb / 1024, 1)
+
+
+class MemoryWatch:
+    """Peak resident memory (MB) of this process during a ``with`` block, sampled every ``interval`` s by a
+    background thread (a peak shorter than the interval can be missed; 20 samples a second catch any allocation
+    large enough to matter, since touching it takes longer).
+
+    Why sampling: resetting the kernel's high-water mark (``/proc/self/clear_refs``) would also reset the
+    process's ``ru_maxrss``, so ``/usr/bin/time -v`` would then under-report the whole run's peak."""
+
+    def __init__(self, interval: float = 0.05):
+        import threading
+
+        self.interval, self.peak_mb = interval, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="memory-watch", daemon=True)
+
+    def _sample(self) -> None:
+        kb = _status_kb("VmRSS")
+        if kb is not None:
+            self.peak_mb = max(self.peak_mb, round(kb / 1024, 1))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def __enter__(self) -> "MemoryWatch":
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()

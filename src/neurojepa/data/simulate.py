@@ -55,6 +55,7 @@ demand from ``(seed, unit)``; nothing of size units x time is ever held (rates a
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import logging
 import os
 from dataclasses import dataclass
@@ -656,9 +657,39 @@ def true_rates(session: Session, unit_ids: Sequence[int] | None = None) -> np.nd
 
 
 def simulate_to_nwb(out: str | os.PathLike, seed: int = 0, n_units: int | None = None, minutes: float | None = None,
-                    preset: str = "default") -> Path:
-    """Simulate (:func:`simulate_session`) and write VBN-layout NWB to ``out``; returns the path."""
-    return _write_nwb(simulate_session(seed=seed, n_units=n_units, minutes=minutes, preset=preset), out)
+                    preset: str = "default", **overrides) -> Path:
+    """Simulate (:func:`simulate_session`, overrides: any :class:`SimConfig` field) and write VBN-layout NWB to
+    ``out``; returns the path."""
+    return _write_nwb(simulate_session(seed=seed, n_units=n_units, minutes=minutes, preset=preset, **overrides), out)
+
+
+def parse_overrides(items) -> dict:
+    """``["field=value", ...]`` -> {field: value} typed as the :class:`SimConfig` field (bool: true/false);
+    InputError naming the item for an unknown field or a value of the wrong type."""
+    types = {f.name: f.type for f in dataclasses.fields(SimConfig)}
+    out = {}
+    for item in items:
+        key, sep, value = str(item).partition("=")
+        if not sep:
+            raise InputError("simulate", f"'{item}' is not of the form field=value")
+        if key not in types:
+            close = difflib.get_close_matches(key, list(types), n=1)
+            raise InputError("simulate", f"unknown setting '{key}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+        kind = str(types[key])
+        try:
+            if "bool" in kind:
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                out[key] = value.lower() in ("true", "1", "yes")
+            elif "int" in kind and "Optional" not in kind:
+                out[key] = int(value)
+            elif "Optional" in kind:
+                out[key] = None if value.lower() in ("none", "null") else int(value)
+            else:
+                out[key] = float(value)
+        except ValueError:
+            raise InputError("simulate", f"bad value for '{key}': {value!r} (a {kind})") from None
+    return out
 
 
 def _write_nwb(session: Session, out: str | os.PathLike) -> Path:

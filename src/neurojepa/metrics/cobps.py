@@ -19,6 +19,8 @@ import numpy as np
 from scipy.optimize import minimize
 from scipy.special import gammaln
 
+from .rows import block_rows, row_blocks, take_rows
+
 
 def poisson_nll(rates: np.ndarray, counts: np.ndarray) -> float:
     """Summed Poisson negative log-likelihood; rates (expected counts per bin) and counts of the same shape."""
@@ -68,31 +70,62 @@ def fit_poisson_glm(x: np.ndarray, y: np.ndarray, l2: float = 1e-3, max_iter: in
     return res.x[: d * u].reshape(d, u), res.x[d * u:]
 
 
-def cobps(latents: np.ndarray, heldout_counts: np.ndarray, train: np.ndarray, test: np.ndarray,
+def cobps(latents, heldout_counts: np.ndarray, train: np.ndarray, test: np.ndarray,
           l2: float = 1e-3, max_train: int = 10_000) -> float:
     """Co-smoothing bits/spike: Poisson GLM latents -> held-out units' counts, fit on train rows, scored on test.
 
-    latents: (n_bins, D) (from a model that never saw the held-out units); heldout_counts: (n_bins, U);
-    train, test: boolean masks over bins. At most ``max_train`` evenly spaced train bins are used for the fit
-    (enough for D + 1 parameters per unit, and it bounds the time).
+    latents: (n_bins, D) (from a model that never saw the held-out units; an array or a row source, see
+    rows.py); heldout_counts: (n_bins, U); train, test: boolean masks over bins. At most ``max_train`` evenly
+    spaced train bins are used for the fit (enough for D + 1 parameters per unit, and it bounds the time).
+    Test bins are scored block by block (memory: one block, whatever the session's length).
     """
-    x = np.asarray(latents, dtype=np.float64)
     te = np.flatnonzero(test)
-    return bits_per_spike(_glm_rates(x, heldout_counts, train, te, l2, max_train), heldout_counts[te])
+    glm = _fit_glm(latents, heldout_counts, train, l2, max_train)
+    return _score(latents, heldout_counts, [(te, glm)])
 
 
-def _glm_rates(x: np.ndarray, y: np.ndarray, train: np.ndarray, rows: np.ndarray, l2: float,
-               max_train: int) -> np.ndarray:
-    """Rates (len(rows), U) of a Poisson GLM x -> y fit on (at most max_train evenly spaced) ``train`` bins."""
+def _fit_glm(x, y: np.ndarray, train: np.ndarray, l2: float, max_train: int):
+    """(mu, sd, W, b) of a Poisson GLM x -> y fit on (at most max_train evenly spaced) ``train`` bins."""
     tr = np.flatnonzero(train)
     if len(tr) > max_train:
         tr = tr[np.linspace(0, len(tr) - 1, max_train).astype(int)]
-    mu, sd = x[tr].mean(0), x[tr].std(0) + 1e-8
-    w, b = fit_poisson_glm((x[tr] - mu) / sd, y[tr], l2=l2)
-    return np.exp(np.clip((x[rows] - mu) / sd @ w + b, -20, 10))
+    xtr = np.asarray(take_rows(x, tr), dtype=np.float64)
+    mu, sd = xtr.mean(0), xtr.std(0) + 1e-8
+    w, b = fit_poisson_glm((xtr - mu) / sd, y[tr], l2=l2)
+    return mu, sd, w, b
 
 
-def cobps_per_group(latents: np.ndarray, heldout_counts: np.ndarray, train: np.ndarray, test: np.ndarray,
+def _score(x, y: np.ndarray, parts: list) -> float:
+    """Bits/spike on the union of test rows ``parts`` = [(rows, glm), ...] (each part's rows predicted by its
+    GLM) against the null of each unit's mean count on all those rows; read block by block."""
+    rows = np.concatenate([r for r, _ in parts])
+    order = np.argsort(rows, kind="stable")
+    if len(rows) <= block_rows(x.shape[1]):  # one block: rates of every test row, then bits_per_spike
+        rates = np.empty((len(rows), y.shape[1]))
+        at = 0
+        for r, (mu, sd, w, b) in parts:
+            rates[at:at + len(r)] = _rates(take_rows(x, r), mu, sd, w, b)
+            at += len(r)
+        return bits_per_spike(rates[order], y[rows[order]])
+    total = float(y[rows].sum(dtype=np.float64))
+    if total == 0:
+        return float("nan")
+    null = y[rows].mean(0, dtype=np.float64)
+    gain = 0.0  # NLL_null - NLL_model, summed over blocks (the lgamma terms cancel)
+    for r, (mu, sd, w, b) in parts:
+        for pos, blk in row_blocks(x, r):
+            yb = np.asarray(y[r[pos]], dtype=np.float64)
+            rates = np.clip(_rates(blk, mu, sd, w, b), 1e-9, None)
+            nr = np.clip(null, 1e-9, None)
+            gain += float((nr - yb * np.log(nr)).sum() - (rates - yb * np.log(rates)).sum())
+    return gain / (total * np.log(2))
+
+
+def _rates(x: np.ndarray, mu, sd, w, b) -> np.ndarray:
+    return np.exp(np.clip((np.asarray(x, dtype=np.float64) - mu) / sd @ w + b, -20, 10))
+
+
+def cobps_per_group(latents, heldout_counts: np.ndarray, train: np.ndarray, test: np.ndarray,
                     groups: np.ndarray, l2: float = 1e-3, max_train: int = 10_000, min_train: int = 500) -> float:
     """Co-smoothing bits/spike with one GLM per group (e.g. brain state): each group's test bins are predicted by
     the GLM fit on that group's train bins (a group with fewer than ``min_train`` train bins uses the GLM fit on
@@ -101,14 +134,13 @@ def cobps_per_group(latents: np.ndarray, heldout_counts: np.ndarray, train: np.n
     Why: a model whose read-out is state-specific (the teacher's ``loss.state_readout``) keeps the state's code
     out of its latents, so one GLM across states under-rates it; scoring every model (teacher and baselines)
     with per-state GLMs compares the information in the latents, not the form of the read-out."""
-    x = np.asarray(latents, dtype=np.float64)
     groups = np.asarray(groups)
     te = np.flatnonzero(test)
-    rates = np.empty((len(te), heldout_counts.shape[1]))
     names = np.unique(groups[te])
+    parts = []
     for g in names:
-        sel = groups[te] == g
         fit = train & (groups == g) if (train & (groups == g)).sum() >= min_train else train
         # the groups share the fit budget: as many fit rows in all as one joint GLM
-        rates[sel] = _glm_rates(x, heldout_counts, fit, te[sel], l2, max(max_train // len(names), min_train))
-    return bits_per_spike(rates, heldout_counts[te])
+        parts.append((te[groups[te] == g], _fit_glm(latents, heldout_counts, fit, l2,
+                                                    max(max_train // len(names), min_train))))
+    return _score(latents, heldout_counts, parts)

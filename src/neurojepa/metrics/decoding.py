@@ -23,6 +23,8 @@ from sklearn.metrics import balanced_accuracy_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from .rows import block_rows, take_rows
+
 
 def decode(features: np.ndarray, labels: np.ndarray, train_mask: np.ndarray, test_mask: np.ndarray,
            seed: int = 0) -> dict:
@@ -69,18 +71,22 @@ def flash_onsets(time_since_flash: np.ndarray, bin_size: float) -> np.ndarray:
     return np.flatnonzero(start)
 
 
-def flash_features(latents: np.ndarray, onsets: np.ndarray, width: int) -> np.ndarray:
-    """(n_flashes, D) mean of latents (n_bins, D) over bins [onset, onset + width) of each flash."""
-    z = np.asarray(latents)
+def flash_features(latents, onsets: np.ndarray, width: int) -> np.ndarray:
+    """(n_flashes, D) mean of latents (n_bins, D) over bins [onset, onset + width) of each flash.
+
+    latents: an array or a row source (rows.py); only the flashes' windows are read, a block of flashes at a time
+    (a cumsum would read every bin of the session)."""
     onsets = np.asarray(onsets, dtype=np.int64)
-    total = np.zeros((len(onsets), z.shape[1]))
-    n = np.zeros(len(onsets))
-    for k in range(width):  # touches only the flashes' windows (a cumsum would read every bin of the session)
-        rows = onsets + k
-        inside = rows < len(z)
-        total[inside] += z[rows[inside]]
-        n += inside
-    return total / n[:, None]
+    n_bins, d = latents.shape
+    out = np.zeros((len(onsets), d))
+    step = max(1, block_rows(d) // max(1, width))
+    for i in range(0, len(onsets), step):
+        rows = onsets[i:i + step, None] + np.arange(width)  # (flashes, width)
+        inside = rows < n_bins
+        vals = np.zeros(rows.shape + (d,))
+        vals[inside] = take_rows(latents, rows[inside])
+        out[i:i + step] = vals.sum(1) / inside.sum(1)[:, None]
+    return out
 
 
 def _decoding_tasks(labels, onsets: np.ndarray, bin_size: float) -> dict[str, tuple[np.ndarray, np.ndarray]]:

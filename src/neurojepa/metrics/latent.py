@@ -12,40 +12,61 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import r2_score
 
+from .rows import as_rows, block_rows, column_mean_std, row_blocks, take_rows
 
-def rankme(z: np.ndarray, eps: float = 1e-7) -> float:
-    """RankMe of z: (n, D) -> float in [1, min(n, D)]. Centred first, so a constant offset does not count."""
-    z = np.asarray(z, dtype=np.float64)
-    s = np.linalg.svd(z - z.mean(0), compute_uv=False)
+
+def rankme(z, eps: float = 1e-7, rows=None) -> float:
+    """RankMe of z: (n, D) (an array or a row source, see rows.py) over ``rows`` (mask or indices; None: all)
+    -> float in [1, min(n, D)]. Centred first, so a constant offset does not count.
+
+    In one block: the singular values of the centred rows. Longer: the square roots of the eigenvalues of their
+    centred Gram matrix, accumulated block by block (the same values; memory D x D)."""
+    idx = as_rows(rows, z.shape[0])
+    if len(idx) <= block_rows(z.shape[1]):
+        x = np.asarray(take_rows(z, idx), dtype=np.float64)
+        s = np.linalg.svd(x - x.mean(0), compute_uv=False)
+    else:
+        mu, _ = column_mean_std(z, idx)
+        gram = np.zeros((z.shape[1], z.shape[1]))
+        for _, b in row_blocks(z, idx):
+            b -= mu
+            gram += b.T @ b
+        s = np.sqrt(np.clip(np.linalg.eigvalsh(gram), 0.0, None))[::-1]
     if s.sum() <= 0:
         return 1.0
     p = s / s.sum() + eps
     return float(np.exp(-(p * np.log(p)).sum()))
 
 
-def per_dim_std(z: np.ndarray) -> np.ndarray:
-    """(D,) standard deviation of each latent dimension over rows of z: (n, D)."""
-    return np.asarray(z, dtype=np.float64).std(0)
+def per_dim_std(z, rows=None) -> np.ndarray:
+    """(D,) standard deviation of each latent dimension over ``rows`` (None: all) of z: (n, D)."""
+    return column_mean_std(z, as_rows(rows, z.shape[0]))[1]
 
 
-def ridge_r2(x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray,
+def ridge_r2(x, y: np.ndarray, train: np.ndarray, test: np.ndarray,
              alphas=(1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0), per_dim: bool = False):
     """R^2 of a ridge map x -> y fit on rows ``train`` and scored on rows ``test``.
 
-    x: (n, Dx) features (standardised with train statistics); y: (n, Dy) targets; train, test: boolean masks or
-    index arrays over rows. The ridge strength is chosen by efficient leave-one-out on the train rows. Returns
-    the mean over target dimensions of each one's R^2 (every latent counts equally, whatever its variance);
-    with ``per_dim`` also the (Dy,) array.
+    x: (n, Dx) features (an array or a row source, see rows.py; standardised with train statistics); y: (n, Dy)
+    targets; train, test: boolean masks or index arrays over rows. The ridge strength is chosen by efficient
+    leave-one-out on the train rows. Returns the mean over target dimensions of each one's R^2 (every latent
+    counts equally, whatever its variance); with ``per_dim`` also the (Dy,) array. Memory: one block of rows
+    and Dx x Dx, whatever n.
     """
-    x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     if y.ndim == 1:
         y = y[:, None]
-    xtr, xte = x[train], x[test]
-    mu, sd = xtr.mean(0), xtr.std(0) + 1e-8
-    coef, intercept = ridge_loo((xtr - mu) / sd, y[train], alphas)
-    pred = (xte - mu) / sd @ coef + intercept
-    dims = r2_score(y[test], pred, multioutput="raw_values")
+    tr, te = as_rows(train, x.shape[0]), as_rows(test, x.shape[0])
+    mu, sd = column_mean_std(x, tr)
+    sd = sd + 1e-8
+    coef, intercept = _ridge_loo_rows(x, y, tr, alphas, mu, sd)
+    yte = y[te]
+    sse = np.zeros(y.shape[1])
+    for pos, b in row_blocks(x, te):
+        pred = (b - mu) / sd @ coef + intercept
+        sse += ((yte[pos] - pred) ** 2).sum(0)
+    sst = ((yte - yte.mean(0)) ** 2).sum(0)
+    dims = np.where(sst > 0, 1.0 - sse / np.where(sst > 0, sst, 1.0), np.where(sse == 0, 1.0, 0.0))  # as sklearn
     return (float(dims.mean()), dims) if per_dim else float(dims.mean())
 
 
@@ -58,20 +79,46 @@ def ridge_loo(x: np.ndarray, y: np.ndarray, alphas) -> tuple[np.ndarray, np.ndar
     hat-matrix diagonal. x: (n, p), y: (n, k). Returns coef (p, k) and intercept (k,); tested against RidgeCV.
     """
     x = np.asarray(x, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-    xm, ym = x.mean(0), y.mean(0)
-    xc, yc = x - xm, y - ym
-    s, v = np.linalg.eigh(xc.T @ xc)
-    xv = xc @ v  # the rows in the covariance's eigenbasis
-    xv2, xty = xv * xv, xv.T @ yc
-    best_err, best = np.inf, None
-    for a in alphas:
-        w = 1.0 / (s + float(a))
-        b = w[:, None] * xty  # coefficients in the eigenbasis
-        hat = xv2 @ w + 1.0 / len(x)  # diagonal of the hat matrix, the unpenalised intercept included
-        err = float((((yc - xv @ b) / (1.0 - hat)[:, None]) ** 2).mean())
-        if err < best_err:
-            best_err, best = err, b
+    return _ridge_loo_rows(x, np.asarray(y, dtype=np.float64), np.arange(len(x)), alphas,
+                           np.zeros(x.shape[1]), np.ones(x.shape[1]))
+
+
+def _ridge_loo_rows(x, y: np.ndarray, rows: np.ndarray, alphas, mu: np.ndarray, sd: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`ridge_loo` of the standardised rows ``(x[rows] - mu) / sd`` and ``y[rows]``, block by block: a pass
+    for the means, one for the covariance, one for the leave-one-out errors. Returns coef and intercept in the
+    standardised coordinates."""
+    def blocks():
+        for pos, b in row_blocks(x, rows):
+            yield pos, (b - mu) / sd
+
+    n, yr = len(rows), y[rows]
+    ym = yr.mean(0)
+    one = n <= block_rows(x.shape[1])
+    if one:  # one block: the one-piece computation, operation for operation
+        xs = next(blocks())[1]
+        xm = xs.mean(0)
+    else:
+        xm = sum(b.sum(0) for _, b in blocks()) / n
+    yc = yr - ym
+    cov, xty = np.zeros((x.shape[1], x.shape[1])), np.zeros((x.shape[1], y.shape[1]))
+    for pos, b in ((slice(0, n), xs),) if one else blocks():
+        b -= xm
+        cov += b.T @ b
+        xty += b.T @ yc[pos]
+    s, v = np.linalg.eigh(cov)
+    ws = [1.0 / (s + float(a)) for a in alphas]
+    bs = [w[:, None] * (v.T @ xty) for w in ws]  # coefficients in the eigenbasis
+    errs = np.zeros(len(alphas))
+    for pos, b in ((slice(0, n), xs),) if one else blocks():
+        if not one:
+            b -= xm
+        xv = b @ v  # the rows in the covariance's eigenbasis
+        xv2 = xv * xv
+        for i, (w, bb) in enumerate(zip(ws, bs)):
+            hat = xv2 @ w + 1.0 / n  # diagonal of the hat matrix, the unpenalised intercept included
+            errs[i] += float((((yc[pos] - xv @ bb) / (1.0 - hat)[:, None]) ** 2).sum())
+    best = bs[int(np.argmin(errs))]  # ties: the first, as before
     coef = v @ best
     return coef, ym - xm @ coef
 
@@ -105,3 +152,25 @@ def forecast_r2(pred: np.ndarray, target: np.ndarray) -> float:
     p = np.asarray(pred, dtype=np.float64).reshape(len(pred), -1)
     t = np.asarray(target, dtype=np.float64).reshape(len(target), -1)
     return float(r2_score(t, p, multioutput="uniform_average"))
+
+
+def forecast_r2_blocks(blocks) -> float:
+    """:func:`forecast_r2` of (pred, target) pairs handed in block by block (the rows of a long session):
+    one block is exactly :func:`forecast_r2`; several are reduced with running sums (SSE, sum and sum of squares
+    of the target per column), so memory is one block."""
+    blocks = iter(blocks)
+    first = next(blocks, None)
+    if first is None:
+        return float("nan")
+    second = next(blocks, None)
+    if second is None:
+        return forecast_r2(*first)
+    sse = s1 = s2 = 0.0
+    n = 0
+    for p, t in (first, second, *blocks):
+        p = np.asarray(p, dtype=np.float64).reshape(len(p), -1)
+        t = np.asarray(t, dtype=np.float64).reshape(len(t), -1)
+        sse, s1, s2, n = sse + ((t - p) ** 2).sum(0), s1 + t.sum(0), s2 + (t * t).sum(0), n + len(t)
+    sst = s2 - s1 * s1 / n
+    dims = np.where(sst > 0, 1.0 - sse / np.where(sst > 0, sst, 1.0), np.where(sse == 0, 1.0, 0.0))
+    return float(dims.mean())

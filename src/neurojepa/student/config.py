@@ -56,6 +56,7 @@ class StudentConfig:
     readout_refit_steps: int = 150  # after training: readout-only CCA steps on all training bins (0 = off)
     readout_refit_batch: int = 16384  # bins per readout-refit step
     readout_refit_lr: float = 0.01  # Adam learning rate of the readout refit
+    feature_memory_mb: int = 768  # most memory the refit's stored readout features may take (longer: 2 passes)
     seed: int = 0  # everything random in training and evaluation derives from it
     threads: int = 0  # torch threads for training and evaluation; 0 = every CPU this process may use
     progress: bool = True  # a progress bar on a terminal, one line per validation in a log file

@@ -49,16 +49,18 @@ def _run_chunks(net: StudentNet, counts: np.ndarray, starts: np.ndarray, chunk: 
 
 
 def student_features(net: StudentNet, counts: np.ndarray, chunk: int = 200, burn_in: int = 8,
-                     batch: int = 64) -> np.ndarray:
+                     batch: int = 64, rows: np.ndarray | None = None) -> np.ndarray:
     """The readout's input for every bin, (n_bins, K * n_exc) float32 (filtered E spike counts), from a causal
-    chunked simulation of counts (n_bins, n_in); ``net.readout`` of it is the student's readout."""
-    return _whole_session(net, counts, chunk, burn_in, batch, ("features",))["features"]
+    chunked simulation of counts (n_bins, n_in); ``net.readout`` of it is the student's readout. ``rows``: keep
+    only these bins' features (sorted indices; (len(rows), K * n_exc)), so a long session's are never held whole."""
+    return _whole_session(net, counts, chunk, burn_in, batch, ("features",), rows)["features"]
 
 
 def _whole_session(net: StudentNet, counts: np.ndarray, chunk: int, burn_in: int, batch: int,
-                   keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+                   keys: tuple[str, ...], rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Every bin of counts (n_bins, n_in) simulated in causal chunks, ``batch`` chunks at a time; for each of
-    ``keys`` (outputs of :func:`_run_chunks`) its rows in time order, (n_bins * rows per bin, width)."""
+    ``keys`` (outputs of :func:`_run_chunks`) its rows in time order, (n_bins * rows per bin, width), or with
+    ``rows`` (sorted bin indices; keys with one row per bin only) just those bins' rows."""
     n_bins = len(counts)
     starts = np.arange(0, n_bins, chunk)
     out: dict[str, np.ndarray] = {}
@@ -68,9 +70,17 @@ def _whole_session(net: StudentNet, counts: np.ndarray, chunk: int, burn_in: int
         for k in keys:
             v = res[k]
             per = v.shape[1] // chunk  # rows per bin: 1, or the sub-steps of spikes
+            if rows is not None:  # only the requested bins of this batch's span
+                lo, hi = np.searchsorted(rows, [s[0], s[0] + len(s) * chunk])
+                if k not in out:
+                    out[k] = np.zeros((len(rows), v.shape[-1]), v.dtype)
+                out[k][lo:hi] = v.reshape(-1, v.shape[-1])[rows[lo:hi] - s[0]]
+                continue
             if k not in out:
                 out[k] = np.zeros((len(starts) * chunk * per, v.shape[-1]), v.dtype)
             out[k][s[0] * per: (s[0] + len(s) * chunk) * per] = v.reshape(-1, v.shape[-1])
+    if rows is not None:
+        return out
     return {k: v[: n_bins * (len(v) // (len(starts) * chunk))] for k, v in out.items()}
 
 
@@ -92,8 +102,9 @@ def apply_readout(net: StudentNet, features: np.ndarray, block: int = 50_000) ->
 
 def student_readout(net: StudentNet, counts: np.ndarray, chunk: int = 200, burn_in: int = 8,
                     batch: int = 64) -> np.ndarray:
-    """Readout (n_bins, D) float32 for every bin of counts (n_bins, n_in), causal (chunked with warm-up)."""
-    return apply_readout(net, student_features(net, counts, chunk, burn_in, batch))
+    """Readout (n_bins, D) float32 for every bin of counts (n_bins, n_in), causal (chunked with warm-up); the
+    simulation keeps only the readout of each chunk (memory: (n_bins, D), whatever the network's width)."""
+    return _whole_session(net, counts, chunk, burn_in, batch, ("readout",))["readout"]
 
 
 def firing_statistics(net: StudentNet, counts: np.ndarray, test_mask: np.ndarray, cfg: StudentConfig,

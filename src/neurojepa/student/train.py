@@ -36,7 +36,7 @@ from ..errors import InputError, atomic_path
 from ..progress import progress_callbacks
 from ..runtime import set_torch_threads
 from .config import StudentConfig
-from .evaluate import apply_readout, evaluate_student, student_features, train_mask
+from .evaluate import apply_readout, evaluate_student, student_features, student_readout, train_mask
 from .module import StudentModule
 from .network import StudentNet
 from .readout_fit import refit_readout
@@ -149,19 +149,45 @@ def fit_student(counts: np.ndarray, latents: np.ndarray, split: np.ndarray, cfg:
     return net.eval()
 
 
+LONG_SESSION_BATCH = 16  # chunks per simulation batch when a session's features exceed feature_memory_mb
+
+
 def finish_readout(net: StudentNet, counts: np.ndarray, latents: np.ndarray, train_bins: np.ndarray,
                    cfg: StudentConfig) -> np.ndarray:
-    """Simulate the whole session once (causal chunks), refit the readout on the train bins (``readout_refit_steps``;
-    readout_fit.py) and return the readout of every bin, (n_bins, D) float32, which evaluation then scores."""
+    """Simulate the whole session (causal chunks), refit the readout on the train bins (``readout_refit_steps``;
+    readout_fit.py) and return the readout of every bin, (n_bins, D) float32, which evaluation then scores.
+
+    Memory (issue 19): while every bin's features (n_bins x K * n_exc float32) fit in ``feature_memory_mb``, the
+    session is simulated once and the refit draws from all train bins. A longer session is simulated twice: once
+    keeping the features of evenly spaced train bins only (as many as fit in ``feature_memory_mb``), which the refit
+    draws from, then once more with the refitted readout, keeping the readout alone; both passes simulate
+    ``LONG_SESSION_BATCH`` chunks at a time instead of 64 (a batch's currents, noise and spikes take ~13 MB per
+    chunk for 320 neurons; the chunks' private noise is drawn per batch, so it differs from the one-pass draw)."""
     t0 = time.time()
-    feats = student_features(net, counts, cfg.eval_chunk, cfg.burn_in)
+    train = np.flatnonzero(train_bins)
+    width = len(cfg.readout_taus) * net.n_exc
+    cap = max(1, int(cfg.feature_memory_mb * 2**20 // (4 * width)))
+    if len(counts) <= cap:
+        feats = student_features(net, counts, cfg.eval_chunk, cfg.burn_in)
+        lat, rows = latents, train
+    else:
+        rows_kept = train[np.linspace(0, len(train) - 1, min(cap, len(train))).astype(int)] if len(train) else train
+        log.info("student: %d bins exceed feature_memory_mb=%d; readout refit on %d evenly spaced train bins, "
+                 "then a second simulation for the readout", len(counts), cfg.feature_memory_mb, len(rows_kept))
+        feats = student_features(net, counts, cfg.eval_chunk, cfg.burn_in, LONG_SESSION_BATCH, rows=rows_kept)
+        lat, rows = latents[rows_kept], np.arange(len(rows_kept))
     if cfg.readout_refit_steps > 0:
-        hist = refit_readout(net, feats, latents, np.flatnonzero(train_bins), cfg)
+        hist = refit_readout(net, feats, lat, rows, cfg)
         if hist:
             log.info("readout refit: %d steps, batch CCA %.3f -> %.3f (%.1f s)", len(hist), hist[0], hist[-1],
                      time.time() - t0)
-    net.refit_seconds = time.time() - t0  # includes the one simulation of the session that evaluation reuses
-    return apply_readout(net, feats)
+    if len(counts) <= cap:
+        z = apply_readout(net, feats)
+    else:
+        del feats
+        z = student_readout(net, counts, cfg.eval_chunk, cfg.burn_in, LONG_SESSION_BATCH)
+    net.refit_seconds = time.time() - t0  # includes the simulation(s) of the session that evaluation reuses
+    return z
 
 
 def check_latents(latents, n_bins: int, where="latents") -> np.ndarray:

@@ -7,6 +7,10 @@
   and installed.
 
 Smoothing is causal, like the teacher's encoder, so no baseline sees the future.
+
+Memory (issue 19): ``raw`` is a :class:`SmoothedCounts` row source (metrics/rows.py), computed on demand for the
+rows a metric reads, never held whole (a full-size VBN session's would be 3.8 GB of float32); PCA and FA are fit on
+capped row samples (50,000 and 10,000 evenly spaced train bins) and applied block by block.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import numpy as np
 from scipy.signal import lfilter
 from sklearn.decomposition import PCA, FactorAnalysis
 
+from ..metrics.rows import block_rows
+
 log = logging.getLogger(__name__)
 
 
@@ -26,6 +32,37 @@ def smooth_counts(counts: np.ndarray, bin_size: float, smooth_ms: float) -> np.n
     smooth_ms)."""
     a = float(np.exp(-bin_size * 1000.0 / smooth_ms))
     return lfilter([1 - a], [1, -a], np.asarray(counts, dtype=np.float32), axis=0).astype(np.float32)
+
+
+class SmoothedCounts:
+    """:func:`smooth_counts` of ``counts`` (n_bins, U; an array or a ColumnView), as a row source: ``take(rows)``
+    filters only the spans of bins around the requested rows, each from ``warm`` bins before it (from bin 0 when
+    that is closer), where the exact filter's remaining memory a^warm is below 1e-20 of a count. Optionally the
+    square root of the smoothed counts (``sqrt``: the PCA/FA input)."""
+
+    def __init__(self, counts, bin_size: float, smooth_ms: float, sqrt: bool = False, max_span: int = 16_384):
+        self.counts, self.bin_size, self.smooth_ms, self.sqrt = counts, bin_size, smooth_ms, sqrt
+        self.shape, self.max_span = (counts.shape[0], counts.shape[1]), max_span
+        a = float(np.exp(-bin_size * 1000.0 / smooth_ms))
+        self.warm = int(np.ceil(np.log(1e-20) / np.log(a))) if 0 < a < 1 else 0
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64)
+        order = np.argsort(rows, kind="stable")
+        srt = rows[order]
+        out = np.empty((len(rows), self.shape[1]), np.float32)
+        i = 0  # spans of sorted rows: a new one where a gap exceeds the warm-up or the span would grow too long
+        while i < len(srt):
+            j = int(np.searchsorted(srt, srt[i] + self.max_span, side="left"))
+            gaps = np.flatnonzero(np.diff(srt[i:j]) > self.warm)
+            if len(gaps):
+                j = i + int(gaps[0]) + 1
+            a, b = int(srt[i]), int(srt[j - 1]) + 1
+            lo = 0 if a - self.warm <= 0 else a - self.warm
+            sm = smooth_counts(self.counts[lo:b], self.bin_size, self.smooth_ms)
+            out[order[i:j]] = sm[srt[i:j] - lo]
+            i = j
+        return np.sqrt(out) if self.sqrt else out
 
 
 def _fit_rows(train: np.ndarray, cap: int) -> np.ndarray:
@@ -39,23 +76,33 @@ def baseline_latents(counts: np.ndarray, train: np.ndarray, bin_size: float, dim
 
     counts: (n_bins, U) held-in counts; train: (n_bins,) bool mask of the bins models may be fit on.
     """
-    smooth = smooth_counts(counts, bin_size, smooth_ms)
+    smooth = SmoothedCounts(counts, bin_size, smooth_ms)
+    sq = SmoothedCounts(counts, bin_size, smooth_ms, sqrt=True)  # variance-stabilising, usual for PCA/FA of counts
     rows = _fit_rows(train, 50_000)
-    sq = np.sqrt(smooth)  # variance-stabilising, the usual preprocessing for PCA/FA of counts
-    out = {"raw": smooth}
+    out: dict = {"raw": smooth}
     pca_dims = min(dims, counts.shape[1], len(rows))  # a recording with few units has fewer components
-    out["pca"] = PCA(pca_dims, random_state=seed).fit(sq[rows]).transform(sq).astype(np.float32)
+    out["pca"] = _apply(PCA(pca_dims, random_state=seed).fit(sq.take(rows)), sq, pca_dims)
     if with_fa:
         # lapack SVD and a capped fit set: randomized SVD inside FA's EM loop took minutes on 2 cores; FA never has
         # more factors than half the units (it is not identifiable beyond that and EM crawls)
         fa_dims = max(1, min(dims, counts.shape[1] // 2))
         fa = FactorAnalysis(fa_dims, svd_method="lapack", max_iter=200, random_state=seed)
-        fa.fit(sq[_fit_rows(train, 10_000)])
-        out["fa"] = fa.transform(sq).astype(np.float32)
+        fa.fit(sq.take(_fit_rows(train, 10_000)))
+        out["fa"] = _apply(fa, sq, fa_dims)
     if with_cebra:
         emb = cebra_latents(counts, train, bin_size, dims, smooth_ms, seed)
         if emb is not None:
             out["cebra"] = emb
+    return out
+
+
+def _apply(model, source: SmoothedCounts, dims: int) -> np.ndarray:
+    """model.transform of every row of source, (n_bins, dims) float32, a block of rows at a time."""
+    n = source.shape[0]
+    out = np.empty((n, dims), np.float32)
+    step = block_rows(source.shape[1])
+    for a in range(0, n, step):
+        out[a:a + step] = model.transform(source.take(np.arange(a, min(a + step, n))))
     return out
 
 
@@ -70,7 +117,7 @@ def cebra_latents(counts: np.ndarray, train: np.ndarray, bin_size: float, dims: 
         import cebra  # optional: the `bench` extra
     except ImportError:
         return None
-    smooth = np.sqrt(smooth_counts(counts, bin_size, smooth_ms))
+    smooth = np.sqrt(smooth_counts(np.asarray(counts[:]), bin_size, smooth_ms))  # in memory: CEBRA is optional
     t0 = time.perf_counter()
     model = cebra.CEBRA(model_architecture="offset10-model", output_dimension=dims, batch_size=512,
                         max_iterations=max_iterations, conditional="time", time_offsets=10, device="cpu",

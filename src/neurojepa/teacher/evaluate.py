@@ -19,15 +19,17 @@ from ..metrics.cobps import cobps as cobps_score
 from ..metrics.cobps import cobps_per_group
 from ..metrics.decoding import compare_states as _compare_states
 from ..metrics.decoding import decoding_report
-from ..metrics.latent import cross_state_r2, forecast_r2, per_dim_std, rankme, ridge_r2
+from ..metrics.latent import cross_state_r2, forecast_r2_blocks, per_dim_std, rankme, ridge_r2
+from ..metrics.rows import ColumnView, block_rows
 from .baselines import baseline_latents
 from .sigreg import sigreg_statistic
 
 log = logging.getLogger(__name__)
 
 
-def score_latents(z: np.ndarray, ctx: dict, *, collapse: bool = True) -> dict:
-    """All array metrics of per-bin latents z: (n_bins, D) on the session context ``ctx`` (see
+def score_latents(z, ctx: dict, *, collapse: bool = True) -> dict:
+    """All array metrics of per-bin latents z: (n_bins, D), an array or a row source (metrics/rows.py), on the
+    session context ``ctx`` (see
     :func:`session_context`): rankme, embed_dim, per-dimension std, sigreg on held-out, gt_r2 (+ per-dim),
     gt_r2_cross_state, cobps, decoding.
 
@@ -41,9 +43,8 @@ def score_latents(z: np.ndarray, ctx: dict, *, collapse: bool = True) -> dict:
         train, test = train & np.isin(ctx["state"], tr_states), test & np.isin(ctx["state"], tr_states)
     out: dict = {}
     if collapse:
-        zt = z[test]
-        out.update(rankme=rankme(zt), embed_dim=int(z.shape[1]), per_dim_std=per_dim_std(zt).tolist(),
-                   sigreg_heldout=sigreg_statistic(zt))
+        out.update(rankme=rankme(z, rows=test), embed_dim=int(z.shape[1]), per_dim_std=per_dim_std(z, test).tolist(),
+                   sigreg_heldout=sigreg_statistic(z, rows=np.flatnonzero(test)))
     if ctx.get("gt") is not None:
         r2, dims = ridge_r2(z, ctx["gt"], train, test, per_dim=True)
         out.update(gt_r2=r2, gt_r2_per_dim=dims.tolist())
@@ -80,15 +81,22 @@ def session_context(session, counts: np.ndarray, heldout: np.ndarray, flash_wind
 
 
 def forecast_score(net, z: np.ndarray, session) -> float:
-    """forecast_r2 on test segments: the predictor's z_{t+1..t+K} from z_t against the encoder's actual ones."""
+    """forecast_r2 on test segments: the predictor's z_{t+1..t+K} from z_t against the encoder's actual ones
+    (a block of rows at a time: (rows, K, D) float64 of ``metrics.rows.BLOCK_BYTES``)."""
     k = net.horizon
+    block = block_rows(k * z.shape[1])
     rows = np.concatenate([np.arange(a, b - k) for a, b in session.segments("test") if b - a > k] or [np.zeros(0, int)])
     if len(rows) == 0:
         return float("nan")
-    with torch.no_grad():
-        pred = net.predict(torch.as_tensor(z[rows], dtype=torch.float32)[None])[0, :, 1:].numpy()  # (n, K, D)
-    target = np.stack([z[rows + j + 1] for j in range(k)], axis=1)
-    return forecast_r2(pred, target)
+
+    def blocks():
+        for i in range(0, len(rows), block):
+            r = rows[i:i + block]
+            with torch.no_grad():
+                pred = net.predict(torch.as_tensor(z[r], dtype=torch.float32)[None])[0, :, 1:].numpy()  # (n, K, D)
+            yield pred, np.stack([z[r + j + 1] for j in range(k)], axis=1)
+
+    return forecast_r2_blocks(blocks())
 
 
 def evaluate_teacher(net, z: np.ndarray, session, counts: np.ndarray, heldin: np.ndarray, heldout: np.ndarray,
@@ -100,7 +108,7 @@ def evaluate_teacher(net, z: np.ndarray, session, counts: np.ndarray, heldin: np
     out["n_heldin_units"], out["n_heldout_units"] = int(len(heldin)), int(len(heldout))
     if cfg.eval.baselines:
         fit = (ctx["split"] == "train") & (np.isin(ctx["state"], train_states) if train_states else True)
-        base = baseline_latents(counts[:, heldin], fit, ctx["bin_size"], z.shape[1],
+        base = baseline_latents(ColumnView(counts, heldin), fit, ctx["bin_size"], z.shape[1],
                                 cfg.eval.smooth_ms, cfg.train.seed, with_cebra=cfg.eval.cebra)
         out["baselines"] = {}
         for name, feats in base.items():

@@ -51,8 +51,11 @@ from __future__ import annotations
 import contextlib
 import math
 
+import numpy as np
 import torch
 import torch.distributed as dist
+
+from ..metrics.rows import take_rows
 
 
 def _trapezoid_grid(t_max: float, knots: int, device=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -213,18 +216,21 @@ def regulariser(name: str, z: torch.Tensor, step: int, **sigreg_options) -> torc
     raise ValueError(f"unknown regulariser {name!r}")
 
 
-def sigreg_statistic(z, num_slices: int = 256, n_samples: int = 512, repeats: int = 8, seed: int = 0) -> float:
+def sigreg_statistic(z, num_slices: int = 256, n_samples: int = 512, repeats: int = 8, seed: int = 0,
+                     rows: np.ndarray | None = None) -> float:
     """Held-out collapse diagnostic: SIGReg of a (n, D) latent array on random subsets of ``n_samples`` rows.
 
     Mean over ``repeats`` subsets; returns a float. At fixed n_samples, about 1 for N(0, I) latents (order-one
-    under the null), far larger for collapsed or low-rank ones.
+    under the null), far larger for collapsed or low-rank ones. rows: the rows to draw from (default: all); z may
+    then be a row source (metrics/rows.py): only the drawn rows are read.
     """
-    z = torch.as_tensor(z, dtype=torch.float32)
+    rows = np.arange(z.shape[0]) if rows is None else np.asarray(rows, dtype=np.int64)
     g = torch.Generator().manual_seed(seed)
-    n = min(n_samples, z.shape[0])
+    n = min(n_samples, len(rows))
     vals = []
     for r in range(repeats):
-        idx = torch.randperm(z.shape[0], generator=g)[:n]
+        idx = torch.randperm(len(rows), generator=g)[:n].numpy()
         dirs = random_directions(z.shape[1], num_slices, r, seed)
-        vals.append(float(sigreg(z[idx], dirs, distributed=False)))  # may run on one rank only: no collective
+        sub = torch.as_tensor(np.asarray(take_rows(z, rows[idx])), dtype=torch.float32)
+        vals.append(float(sigreg(sub, dirs, distributed=False)))  # may run on one rank only: no collective
     return float(sum(vals) / len(vals)) if vals else math.nan

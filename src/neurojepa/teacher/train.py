@@ -46,6 +46,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..config import save_config, to_dict
 from ..errors import InputError, atomic_path
+from ..metrics.rows import ColumnView
 from ..progress import progress_callbacks
 from ..runtime import set_torch_threads
 from .config import TeacherConfig, TrainConfig, check_choices
@@ -298,7 +299,7 @@ class FittedTeacher:
 
     module: TeacherModule
     counts: np.ndarray        # (n_bins, n_units) the session's counts
-    x: np.ndarray             # (n_bins, len(heldin)) the held-in counts the encoder reads
+    x: ColumnView             # (n_bins, len(heldin)) the held-in counts the encoder reads (a view of counts)
     heldin: np.ndarray        # unit indices (columns of counts) the encoder reads, sorted
     heldout: np.ndarray       # unit indices hidden from it (for co-smoothing), sorted
     states: list[str]         # state names in state-code order (sorted; empty without labels)
@@ -336,7 +337,7 @@ def fit_teacher(session, out_dir, cfg: TeacherConfig, *, heldout: np.ndarray | N
         heldin, heldout = split_units(counts.shape[1], cfg.eval.heldout_fraction, cfg.train.seed)
     else:
         heldin, heldout = units_besides(counts.shape[1], heldout)
-    x = np.ascontiguousarray(counts[:, heldin])
+    x = ColumnView(counts, heldin)  # the held-in columns, read per window / chunk (no copy of the session)
     # state codes travel with each window only where a per-state read-out needs them
     per_state = cfg.loss.state_readout or cfg.model.state_readin
     codes = {s: i for i, s in enumerate(sorted(known))} if per_state and known else None
