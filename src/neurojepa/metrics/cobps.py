@@ -100,7 +100,8 @@ def _score(x, y: np.ndarray, parts: list) -> float:
     GLM) against the null of each unit's mean count on all those rows; read block by block."""
     rows = np.concatenate([r for r, _ in parts])
     order = np.argsort(rows, kind="stable")
-    if len(rows) <= block_rows(x.shape[1]):  # one block: rates of every test row, then bits_per_spike
+    width = x.shape[1] + 4 * y.shape[1]  # float64 values per row: features, rates and the NLL's temporaries
+    if len(rows) <= block_rows(width):  # one block: rates of every test row, then bits_per_spike
         rates = np.empty((len(rows), y.shape[1]))
         at = 0
         for r, (mu, sd, w, b) in parts:
@@ -113,7 +114,7 @@ def _score(x, y: np.ndarray, parts: list) -> float:
     null = y[rows].mean(0, dtype=np.float64)
     gain = 0.0  # NLL_null - NLL_model, summed over blocks (the lgamma terms cancel)
     for r, (mu, sd, w, b) in parts:
-        for pos, blk in row_blocks(x, r):
+        for pos, blk in row_blocks(x, r, width=width):
             yb = np.asarray(y[r[pos]], dtype=np.float64)
             rates = np.clip(_rates(blk, mu, sd, w, b), 1e-9, None)
             nr = np.clip(null, 1e-9, None)

@@ -38,10 +38,12 @@ def block_rows(width: int, block_bytes: int | None = None) -> int:
     return max(1024, (block_bytes or BLOCK_BYTES) // (8 * max(1, int(width))))
 
 
-def row_blocks(x, rows: np.ndarray, block_bytes: int | None = None) -> Iterator[tuple[slice, np.ndarray]]:
+def row_blocks(x, rows: np.ndarray, block_bytes: int | None = None, width: int | None = None
+               ) -> Iterator[tuple[slice, np.ndarray]]:
     """Yield ``(positions, float64 block)`` for consecutive blocks of ``rows``: ``positions`` is the slice of
-    ``rows`` the block holds, the block is ``x[rows[positions]]`` as float64."""
-    step = block_rows(x.shape[1], block_bytes)
+    ``rows`` the block holds, the block is ``x[rows[positions]]`` as float64. width: the float64 values per row
+    the caller makes of a block (default: x's columns), which sets the rows per block."""
+    step = block_rows(width or x.shape[1], block_bytes)
     for i in range(0, len(rows), step):
         pos = slice(i, min(i + step, len(rows)))
         yield pos, np.asarray(take_rows(x, rows[pos]), dtype=np.float64)
@@ -77,10 +79,15 @@ class ColumnView:
         return self.shape[0]
 
     def __getitem__(self, rows) -> np.ndarray:
-        return self.array[rows][:, self.columns]
+        if isinstance(rows, slice):  # a view of the rows, then the columns
+            return self.array[rows][:, self.columns]
+        return self.take(rows)
 
-    def take(self, rows: np.ndarray) -> np.ndarray:
-        return self.array[np.asarray(rows, dtype=np.int64)][:, self.columns]
+    def take(self, rows) -> np.ndarray:
+        """The selected rows' columns, without first copying the rows' other columns."""
+        rows = np.asarray(rows)
+        rows = np.flatnonzero(rows) if rows.dtype == bool else rows.astype(np.int64)
+        return self.array[np.ix_(rows, self.columns)]
 
     def mean(self, axis: int = 0) -> np.ndarray:
         """Column means (axis 0 only), accumulated in float64 without a float copy of the array."""

@@ -76,7 +76,7 @@ def session_context(session, counts: np.ndarray, heldout: np.ndarray, flash_wind
     state = labels["state"].to_numpy().astype(str) if labels is not None else np.full(session.n_bins, "all")
     return dict(split=np.asarray(session.split).astype(str), state=state, compare_states=_compare_states(state),
                 gt=getattr(session, "gt_latents", None), labels=labels, bin_size=float(session.bin_size),
-                heldout_counts=counts[:, heldout], flash_window_ms=flash_window_ms,
+                heldout_counts=ColumnView(counts, heldout), flash_window_ms=flash_window_ms,
                 train_states=list(train_states or []), test_states=list(test_states or []))
 
 
