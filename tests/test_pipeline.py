@@ -153,7 +153,12 @@ def test_failed_stage_says_why_and_the_next_run_starts_cleanly(tmp_path):
     good = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert good.returncode == 0, good.stderr[-2000:]
     assert "simulate: up to date, skipped" in good.stderr and "teacher: running" in good.stderr
-    assert json.loads((out / "status.json").read_text())["state"] == "complete"
+    done = json.loads((out / "status.json").read_text())
+    assert done["state"] == "complete"
+    # this attempt's stages (the simulate stage was skipped) with wall time and a sampled peak below the whole run's
+    assert set(done["stages"]) == {"prepare", "teacher", "student", "report"}
+    assert all(0 < st["peak_mb"] <= done["peak_mb"] and st["seconds"] >= 0 for st in done["stages"].values())
+    assert "teacher: done in" in good.stderr and "peak memory" in good.stderr
     log = good.stdout + good.stderr
     assert "\r" not in log and len(log.splitlines()) < 200
     assert "teacher epoch 1/2: step 5" in log and "teacher epoch 2/2: step 10" in log and "student step" in log

@@ -286,3 +286,14 @@ def test_simulated_nwb_reads_back_with_ground_truth(tmp_path):
     np.testing.assert_array_equal(back.ground_truth.latents, mem.ground_truth.latents)
     np.testing.assert_allclose(back.ground_truth.state_gain["passive"], mem.ground_truth.state_gain["passive"])
     np.testing.assert_allclose(back.ground_truth.state_remix["active"], mem.ground_truth.state_remix["active"], rtol=1e-6)
+
+
+def test_simulator_settings_from_the_command_line_are_typed_and_checked():
+    from neurojepa.data.simulate import parse_overrides
+
+    assert parse_overrides(["vbn_blocks=false", "n_units=12", "gray_s=2.5", "dynamics_seed=none"]) == \
+        dict(vbn_blocks=False, n_units=12, gray_s=2.5, dynamics_seed=None)
+    with pytest.raises(InputError, match="did you mean 'vbn_blocks'"):
+        parse_overrides(["vbn_block=true"])
+    with pytest.raises(InputError, match="bad value for 'n_units'"):
+        parse_overrides(["n_units=many"])

@@ -47,6 +47,7 @@ class SmoothedCounts:
         self.warm = int(np.ceil(np.log(1e-20) / np.log(a))) if 0 < a < 1 else 0
 
     def take(self, rows: np.ndarray) -> np.ndarray:
+        """(len(rows), U) float32 smoothed counts of ``rows`` (int indices, any order)."""
         rows = np.asarray(rows, dtype=np.int64)
         order = np.argsort(rows, kind="stable")
         srt = rows[order]
@@ -72,9 +73,11 @@ def _fit_rows(train: np.ndarray, cap: int) -> np.ndarray:
 
 def baseline_latents(counts: np.ndarray, train: np.ndarray, bin_size: float, dims: int, smooth_ms: float = 50.0,
                      seed: int = 0, with_fa: bool = True, with_cebra: bool = False) -> dict[str, np.ndarray]:
-    """Baseline features for every bin: {name: (n_bins, dims_or_U) float32}.
+    """Baseline features for every bin: {name: (n_bins, dims) float32}, except ``raw``: a :class:`SmoothedCounts`
+    row source of shape (n_bins, U) that the metrics read in blocks (metrics/rows.py).
 
-    counts: (n_bins, U) held-in counts; train: (n_bins,) bool mask of the bins models may be fit on.
+    counts: (n_bins, U) held-in counts (an array or a ColumnView); train: (n_bins,) bool mask of the bins models
+    may be fit on.
     """
     smooth = SmoothedCounts(counts, bin_size, smooth_ms)
     sq = SmoothedCounts(counts, bin_size, smooth_ms, sqrt=True)  # variance-stabilising, usual for PCA/FA of counts

@@ -29,9 +29,8 @@ log = logging.getLogger(__name__)
 
 def score_latents(z, ctx: dict, *, collapse: bool = True) -> dict:
     """All array metrics of per-bin latents z: (n_bins, D), an array or a row source (metrics/rows.py), on the
-    session context ``ctx`` (see
-    :func:`session_context`): rankme, embed_dim, per-dimension std, sigreg on held-out, gt_r2 (+ per-dim),
-    gt_r2_cross_state, cobps, decoding.
+    session context ``ctx`` (see :func:`session_context`): rankme, embed_dim, per-dimension std, sigreg on
+    held-out, gt_r2 (+ per-dim), gt_r2_cross_state, cobps, decoding. Memory: one block of rows at a time.
 
     With ``ctx["train_states"]`` non-empty, every read-out is fit on the train blocks of those states; gt_r2,
     cobps, collapse metrics and "within" decoding are scored on their test blocks, gt_r2_cross_state and "cross"
