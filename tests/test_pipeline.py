@@ -155,8 +155,9 @@ def test_failed_stage_says_why_and_the_next_run_starts_cleanly(tmp_path):
     assert "simulate: up to date, skipped" in good.stderr and "teacher: running" in good.stderr
     done = json.loads((out / "status.json").read_text())
     assert done["state"] == "complete"
-    # this attempt's stages (the simulate stage was skipped) with wall time and a sampled peak below the whole run's
-    assert set(done["stages"]) == {"prepare", "teacher", "student", "report"}
+    # this attempt's stages (simulate and prepare completed in the failed attempt and were skipped) with wall time
+    # and a sampled peak below the whole run's
+    assert set(done["stages"]) == {"teacher", "student", "report"}
     assert all(0 < st["peak_mb"] <= done["peak_mb"] and st["seconds"] >= 0 for st in done["stages"].values())
     assert "teacher: done in" in good.stderr and "peak memory" in good.stderr
     log = good.stdout + good.stderr
