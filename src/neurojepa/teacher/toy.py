@@ -15,11 +15,12 @@ import numpy as np
 import pandas as pd
 from scipy.signal import lfilter
 
-from ..data.dataset import split_segments
+from ..data.arrays import ArraySession
 
 
-class ToySession:
-    """Synthetic prepared session. n_bins per state, n_units units, d latents, 10 ms bins."""
+class ToySession(ArraySession):
+    """Synthetic prepared session. n_bins per state, n_units units, d latents, 10 ms bins. Builds its own arrays
+    (richer labels than an ArraySession's) and shares ArraySession's accessors: load_counts, bin_times, segments."""
 
     def __init__(self, n_bins: int = 6000, n_units: int = 60, d: int = 4, seed: int = 0, rate_hz: float = 15.0,
                  tau_s: float = 0.15, n_images: int = 4, blocks_per_state: int = 10):
@@ -70,12 +71,3 @@ class ToySession:
                 split[p] = k
         self.split = split.astype(str)
         self.unit_ids = np.arange(n_units, dtype=np.int64)
-
-    def load_counts(self) -> np.ndarray:
-        return self._counts
-
-    def bin_times(self) -> np.ndarray:
-        return self.t_start + np.arange(self.n_bins) * self.bin_size
-
-    def segments(self, split: str, states=None) -> list[tuple[int, int]]:
-        return split_segments(self.split, self.labels["state"].to_numpy(), split, states)
