@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/binning.py --units 1000 --minutes 30
 
 Spikes: Poisson trains with log-normal rates (mean ~5.6 Hz, the VBN density: ~1e8 spikes for 2,000 units x 2.5 h),
-or ``--source sim`` for ``neurojepa.data.simulate.simulate_session(preset="vbn")`` (slow: its lazy source
+or ``--source sim`` for ``neurojepa.synthetic.simulate.simulate_session(preset="vbn")`` (slow: its lazy source
 regenerates every unit's spikes). Spikes are written once to a temporary .npy and each method runs in a FRESH
 subprocess that loads them, so that every peak is measured the same way: peak resident memory (VmHWM, reset via
 ``/proc/self/clear_refs`` after loading and warm-up) minus resident memory before the call. This counts what
@@ -55,7 +55,7 @@ def poisson_spikes(n_units: int, minutes: float, seed: int = 0) -> tuple[np.ndar
 
 
 def sim_spikes(n_units: int, minutes: float | None, seed: int = 0) -> tuple[np.ndarray, np.ndarray, float]:
-    from neurojepa.data.simulate import simulate_session
+    from neurojepa.synthetic.simulate import simulate_session
 
     s = simulate_session(seed=seed, n_units=n_units, minutes=minutes, preset="vbn")
     tr = s.spike_times()

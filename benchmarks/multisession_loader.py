@@ -3,18 +3,17 @@
     .venv/bin/python benchmarks/multisession_loader.py                  # 50 units x 2 min blocks, 1/4/16/64
     .venv/bin/python benchmarks/multisession_loader.py --sessions 1 4 --batches 100
 
-Data: ``--distinct`` (default 4) sessions from :func:`neurojepa.data.simulate.simulate_sessions` are prepared once
+Data: ``--distinct`` (default 4) sessions from :func:`neurojepa.synthetic.simulate.simulate_sessions` are prepared once
 into a temporary directory and COPIED (not linked: a link would let HDF5 and the page cache share one file) to
 reach 64 directories. Each measurement runs in a FRESH subprocess: imports, then the peak-RSS counter is reset
 (``/proc/self/clear_refs`` = 5) and RSS noted; the loader is built and ``--batches`` batches of ``--batch-size``
 windows of ``--window`` bins are drawn through ``torch.utils.data.DataLoader`` (``num_workers=0``,
-:class:`~neurojepa.data.multisession.SessionBatchSampler`, counts stacked); the table gives peak
+:class:`~neurojepa.data.samplers.SessionBatchSampler`, counts stacked); the table gives peak
 RSS (VmHWM) minus RSS before building, and windows/s over the drawing (best of ``--repeats``).
 
-``naive`` is the reference a loader must beat: one preloaded
-:class:`~neurojepa.data.dataset.WindowDataset` per session (every session's counts and labels in memory),
-concatenated; it draws the same batches (the same sampler over the same window order). Its memory grows with the sessions; the streamed
-loader's must not.
+``naive`` is the reference a loader must beat: the same :class:`~neurojepa.data.windows.WindowDataset` with every
+session's counts loaded into memory (in-memory sources) instead of streamed from HDF5; it draws the same batches
+(the same sampler over the same window order). Its memory grows with the sessions; the streamed loader's must not.
 """
 
 from __future__ import annotations
@@ -39,21 +38,24 @@ def _rss_kb(field: str) -> int:
 def child(args) -> None:
     """One measurement, printed as a JSON line."""
     import torch
-    from torch.utils.data import ConcatDataset, DataLoader
+    from torch.utils.data import DataLoader
 
-    from neurojepa.data.dataset import PreparedSession, WindowDataset
-    from neurojepa.data.multisession import MultiSessionDataset, SessionBatchSampler
+    from neurojepa.data.dataset import PreparedSession
+    from neurojepa.data.samplers import SessionBatchSampler
+    from neurojepa.data.windows import WindowDataset, WindowSource
 
     torch.set_num_threads(1)
     dirs = sorted(Path(args.root).glob("s*"))[: args.k]
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
     before = _rss_kb("VmRSS")
-    ds = MultiSessionDataset(dirs, args.window, args.stride, split="train")
+    ds = WindowDataset.from_prepared(dirs, args.window, args.stride, split="train")
     sampler = SessionBatchSampler(ds, args.batch_size, batches_per_session=-(-args.batches // len(dirs)))
-    if args.loader == "naive":  # same windows in the same global order (WindowDataset's), same batches
-        parts = [WindowDataset(PreparedSession.load(d), "train", args.window, args.stride, preload=True) for d in dirs]
-        assert len(ConcatDataset(parts)) == len(ds)
-        ds = ConcatDataset(parts)
+    if args.loader == "naive":  # same windows in the same global order, same batches, counts in memory
+        sessions = [PreparedSession.load(d) for d in dirs]
+        mem = WindowDataset([WindowSource.in_memory(ps.load_counts(), ps.segments("train"), state_names=names)
+                             for ps, names in zip(sessions, ds.state_names)], args.window, args.stride)
+        assert len(mem) == len(ds)
+        ds = mem
     loader = DataLoader(ds, batch_sampler=sampler,
                         collate_fn=lambda items: torch.stack([it["counts"] for it in items]))
     best = float("inf")
@@ -70,7 +72,7 @@ def child(args) -> None:
 
 def make_sessions(root: Path, distinct: int, total: int, units: int, minutes: float) -> None:
     from neurojepa.data.prepare import PrepareConfig, prepare_session
-    from neurojepa.data.simulate import simulate_sessions
+    from neurojepa.synthetic.simulate import simulate_sessions
 
     src = []
     for i, s in enumerate(simulate_sessions(distinct, seed=0, n_units=units, minutes=minutes)):

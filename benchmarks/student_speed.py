@@ -22,7 +22,7 @@ import torch
 
 from neurojepa.student.config import StudentConfig
 from neurojepa.student.network import StudentNet
-from neurojepa.student.synthetic import synthetic_session
+from neurojepa.synthetic.toy import synthetic_session
 
 
 def _step(net: StudentNet, fwd, x: torch.Tensor, target: torch.Tensor):
@@ -49,7 +49,7 @@ def main(argv=None) -> None:
     counts, lat, _ = synthetic_session(args.units, args.batch * args.bins, 16, seed=0)
     x = torch.tensor(counts.reshape(args.batch, args.bins, args.units).astype(np.float32))
     target = torch.tensor(lat.reshape(args.batch, args.bins, 16))
-    net = StudentNet(args.units, 16, cfg)
+    net = StudentNet(args.units, 16, cfg, bin_size=0.01)  # synthetic_session's 10 ms bins
     net.calibrate_bias(x[:8])
 
     s_fast, g_fast = _step(net, net.forward, x, target)

@@ -61,10 +61,11 @@ def supervised_ceiling(x: np.ndarray, gt: np.ndarray, split: np.ndarray, segment
     """Per-dim test R^2 of ridge from a causal TeacherNet encoder trained with MSE to the true latents."""
     import torch
 
+    from neurojepa.teacher.config import TeacherConfig
     from neurojepa.teacher.model import TeacherNet
 
     torch.manual_seed(seed)
-    net = TeacherNet({"session": x.shape[1]}, view_mode="masked")
+    net = TeacherNet.from_config(TeacherConfig(), x.shape[1])  # the default encoder (predictor and read-out unused)
     head = torch.nn.Linear(net.embed_dim, gt.shape[1])
     opt = torch.optim.AdamW([*net.parameters(), *head.parameters()], lr=3e-3, weight_decay=1e-4)
     warm, length = net.receptive_field - 1, 64

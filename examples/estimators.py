@@ -27,8 +27,8 @@ heldout = np.arange(0, counts.shape[1], 5)  # every 5th unit hidden from the enc
 print(f"counts {counts.shape}, states {sorted(set(states) - {''})}")
 
 # 2. the teacher: options are the pipeline's TeacherConfig keys; splits deal 20 s blocks like `neurojepa prepare`
-teacher = nj.Teacher(**{"model.width": 16, "model.embed_dim": 8, "model.horizon": 4, "train.window": 16,
-                        "train.batch_size": 16, "train.steps_per_epoch": 10, "train.max_epochs": 2,
+teacher = nj.Teacher(**{"model.width": 16, "model.embed_dim": 8, "loss.replay_dims": 8, "model.horizon": 4,
+                        "train.window": 16, "train.batch_size": 16, "train.steps_per_epoch": 10, "train.max_epochs": 2,
                         "train.val_windows": 32, "train.progress": False, "splits.block_s": 20})
 z = teacher.fit_transform(counts, states, heldout_units=heldout, bin_size=bin_size)
 m = teacher.score(counts, states, gt_latents=truth)  # on test blocks the teacher never trained on

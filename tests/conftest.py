@@ -1,5 +1,14 @@
-"""Shared fixtures: the real NWB file that ships in tests/data/, and a small in-memory VBN-like session."""
+"""Shared fixtures: the real NWB file that ships in tests/data/, a small in-memory VBN-like session, and the size
+switch of the science checks.
 
+Size switch: ``make test`` runs the science checks (marker ``science``) in a reduced but real form; ``make test-full``
+sets ``NEUROJEPA_FULL=1`` and they run at full size. A test picks its size with :func:`sized` (``from conftest
+import sized``) or asks the ``full`` fixture. Tests that take more than ~10 s carry the marker ``slow``
+(``make test-fast`` leaves them out; ``make test`` runs them).
+"""
+
+import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +19,30 @@ from neurojepa.data.session import BehaviorSeries, GroundTruth, InMemorySpikes, 
 
 # inside the repository, so that a clone in any folder passes its own tests (source and licence: tests/data/README.md)
 REAL_NWB = Path(__file__).resolve().parent / "data" / "A8604-211122.nwb"
+
+FULL_ENV = "NEUROJEPA_FULL"
+
+
+def full_size() -> bool:
+    """True when the science checks are to run at full size: ``NEUROJEPA_FULL`` set to anything but empty, 0, false,
+    no or off (``make test-full`` sets it to 1)."""
+    return os.environ.get(FULL_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def sized(reduced, full):
+    """``reduced`` under ``make test``, ``full`` under ``make test-full`` (read when called)."""
+    return full if full_size() else reduced
+
+
+def pytest_report_header(config) -> str:
+    return (f"science checks: {'full size' if full_size() else 'reduced'} "
+            f"({FULL_ENV}={os.environ.get(FULL_ENV, '')!r}; `make test-full` for full size)")
+
+
+@pytest.fixture(scope="session")
+def full() -> bool:
+    """Whether this session runs the science checks at full size (see :func:`full_size`)."""
+    return full_size()
 
 
 @pytest.fixture
@@ -56,3 +89,15 @@ def small_session() -> Session:
     gt = GroundTruth(truth.__getitem__, latent_dt=0.01, latent_t0=0.0, n_latents=3, unit_ids=ids)
     return Session("sim-small", units, InMemorySpikes(SpikeTrains.from_list(ids, trains)), epochs, stimuli, trials,
                    behavior, gt, metadata={"session_description": "tiny test session"})
+
+
+def serving(server):
+    """For a fixture: run an ``http.server`` server (on 127.0.0.1) in a thread, yield it, then shut it down."""
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)

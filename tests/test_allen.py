@@ -11,10 +11,10 @@ import hashlib
 import http.server
 import re
 import socket
-import threading
 
 import numpy as np
 import pytest
+from conftest import serving
 
 from neurojepa.cli import main
 from neurojepa.data import allen
@@ -117,13 +117,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def server():
-    srv = Server()
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
-    thread.join(timeout=5)
+    yield from serving(Server())
 
 
 KEY = "visual-behavior-neuropixels/behavior_ecephys_sessions/7/ecephys_session_7.nwb"

@@ -54,3 +54,33 @@ def test_saved_config_reads_back_identically_and_hash_tracks_changes(tmp_path):
     again = read_config(Run, path)
     assert again == cfg and config_hash(again) == config_hash(cfg)
     assert config_hash(load_config(Run, overrides=["optim.lr=0.3"])) != config_hash(cfg)
+
+
+# ------------------------------------------------------------------------ the teacher's options that go together
+def test_replay_dims_beyond_embed_dim_is_an_input_error_naming_the_key():
+    """loss.replay_dims (31 by default) counts latent dims; with model.embed_dim 16 it is no longer a dim count and
+    the model used to fall back silently to tying all 16. Now the key is named; k = D (tie every dim) stays valid,
+    and the value does not matter when neither the replay term nor the per-state read-out uses it."""
+    from neurojepa.pipeline import load_run_config
+    from neurojepa.teacher.config import TeacherConfig, check_choices
+
+    for preset in (None, "fast", "vbn"):  # the shipped configs pass
+        check_choices(load_run_config(preset).teacher)
+    cfg = TeacherConfig()
+    cfg.model.embed_dim = 16
+    with pytest.raises(InputError, match=r"^loss\.replay_dims: 31 must be between 1 and model\.embed_dim \(16\)"):
+        check_choices(cfg)
+    cfg.loss.replay_dims = 16
+    check_choices(cfg)
+    cfg.loss.replay_dims, cfg.loss.replay_weight, cfg.loss.state_readout = 31, 0.0, False
+    check_choices(cfg)
+
+
+def test_replay_dims_error_is_one_cli_line_before_anything_runs(tmp_path, capsys):
+    from neurojepa.cli import main
+
+    assert main(["run", "--out", str(tmp_path / "x"), "teacher.model.embed_dim=16"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("neurojepa: error: teacher.loss.replay_dims: 31 must be"), err
+    assert "model.embed_dim (16)" in err[0]
+    assert not (tmp_path / "x").exists()  # refused before simulate and prepare

@@ -1,4 +1,4 @@
-"""PreparedSession / WindowDataset / SpikeDataModule on a small simulated session."""
+"""PreparedSession, Intervals, WindowDataset and StateBalancedBatches on a small simulated session."""
 
 import h5py
 import numpy as np
@@ -6,7 +6,10 @@ import pandas as pd
 import pytest
 import torch
 
-from neurojepa.data.dataset import PreparedSession, SpikeDataModule, WindowDataset, read_table, write_table
+from neurojepa.data.dataset import PreparedSession, read_table, write_table
+from neurojepa.data.intervals import Intervals
+from neurojepa.data.samplers import StateBalancedBatches
+from neurojepa.data.windows import WindowDataset, WindowSource, collate_windows
 from neurojepa.data.prepare import PrepareConfig, prepare_session
 from neurojepa.errors import InputError
 
@@ -15,7 +18,7 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="module")
 def sim():
-    from neurojepa.data.simulate import simulate_session
+    from neurojepa.synthetic.simulate import simulate_session
 
     return simulate_session(seed=0, n_units=60, minutes=2)
 
@@ -73,8 +76,8 @@ def test_segments_are_maximal_runs_of_one_split_in_one_state(ps):
 
 @pytest.mark.parametrize("window, stride", [(64, 16), (100, 37)])
 def test_windows_stay_inside_segments_and_equal_the_counts(ps, window, stride):
-    ds = WindowDataset(ps, "train", window=window, stride=stride)
     segs = ps.segments("train")
+    ds = WindowDataset([WindowSource.in_memory(ps.load_counts(), segs, latents=ps.gt_latents)], window, stride)
     expect = sum(max(0, (b - a - window) // stride + 1) for a, b in segs)
     assert len(ds) == expect > 0
     counts = ps.load_counts()
@@ -87,25 +90,56 @@ def test_windows_stay_inside_segments_and_equal_the_counts(ps, window, stride):
         assert len(set(seg_of[s : s + window])) == 1 and seg_of[s] >= 0  # never straddles a boundary
         assert item["counts"].dtype == torch.float32 and item["counts"].shape == (window, ps.n_units)
         np.testing.assert_array_equal(item["counts"].numpy(), counts[s : s + window])
-        assert item["state"] == ps.labels["state"].iloc[s]
-        np.testing.assert_array_equal(item["gt_latents"].numpy(), ps.gt_latents[s : s + window])
-    lazy = WindowDataset(ps, "train", window=window, stride=stride, preload=False)
-    np.testing.assert_array_equal(lazy[len(ds) - 1]["counts"].numpy(), ds[len(ds) - 1]["counts"].numpy())
+        assert ds.state_names[0][item["state"]] == ps.labels["state"].iloc[s]
+        np.testing.assert_array_equal(item["latents"].numpy(), ps.gt_latents[s : s + window])
+    streamed = WindowDataset.from_prepared([ps.path], window, stride, with_gt=True)
+    assert len(streamed) == len(ds)
+    for i in (0, len(ds) // 2, len(ds) - 1):
+        np.testing.assert_array_equal(streamed[i]["counts"].numpy(), ds[i]["counts"].numpy())
+        np.testing.assert_array_equal(streamed[i]["latents"].numpy(), ds[i]["latents"].numpy())
 
 
-def test_datamodule_batches_and_seeded_shuffle(prepared, ps):
-    def first_starts(seed):
-        dm = SpikeDataModule(prepared, window=32, stride=32, batch_size=8, seed=seed)
-        dm.setup("fit")
-        return next(iter(dm.train_dataloader()))["start"].tolist()
+def test_intervals_runs_and_window_starts_against_a_naive_scan():
+    rng = np.random.default_rng(0)
+    mask = rng.random(500) < 0.8
+    state = np.repeat(rng.choice(["a", "b"], 25), 20)
+    iv = Intervals.runs(mask, state)
+    naive, t = [], 0
+    while t < 500:
+        if not mask[t]:
+            t += 1
+            continue
+        u = t
+        while u < 500 and mask[u] and state[u] == state[t]:
+            u += 1
+        naive.append((t, u))
+        t = u
+    assert iv == naive and list(iv.states) == [state[a] for a, _ in naive]
+    starts, which = iv.window_starts(7, 3)
+    assert starts.tolist() == [s for a, b in naive for s in range(a, b - 7 + 1, 3)]
+    assert all(naive[k][0] <= s and s + 7 <= naive[k][1] for s, k in zip(starts, which))
+    assert iv.keep(["a"]) == [r for r in naive if state[r[0]] == "a"] and iv.keep(None) is iv
+    assert Intervals.of_split(np.where(mask, "train", "test"), None, "train") == Intervals.runs(mask)
 
-    dm = SpikeDataModule(prepared, window=32, stride=32, batch_size=8, states=["active"])
-    dm.setup("fit")
-    batch = next(iter(dm.val_dataloader()))
-    assert batch["counts"].shape == (8, 32, ps.n_units) and set(batch["state"]) == {"active"}
-    assert batch["start"].tolist() == sorted(batch["start"].tolist())  # val keeps time order
-    assert len(dm.test_dataloader().dataset) > 0
-    assert first_starts(0) == first_starts(0) != first_starts(1)
+
+def test_state_balanced_batches_are_seeded_balanced_and_batched(ps):
+    segs = ps.segments("train")
+    ds = WindowDataset([WindowSource.in_memory(ps.load_counts(), segs)], 32, 8)
+    _, codes = ds.windows(0)
+    sampler = StateBalancedBatches(codes, 8 * 200, 8, seed=1)
+    batches = list(sampler)
+    assert len(batches) == 200 and all(len(b) == 8 for b in batches)
+    drawn = codes[np.concatenate(batches)]
+    share = np.bincount(drawn) / len(drawn)
+    assert np.allclose(share, 1 / len(share), atol=0.06)  # each state equally often, whatever its windows
+    assert list(StateBalancedBatches(codes, 8 * 200, 8, seed=1)) == batches
+    sampler.set_epoch(1)
+    assert sampler.sampler is sampler and list(sampler) != batches  # Lightning sets the epoch on .sampler
+    halves = [list(StateBalancedBatches(codes, 8 * 200, 8, seed=1, rank=r, world_size=2)) for r in (0, 1)]
+    assert halves[0] + halves[1] != batches and sorted(halves[0] + halves[1]) == sorted(batches)
+    batch = collate_windows(ds.__getitems__(batches[0]))
+    assert batch.counts.shape == (8, 32, ps.n_units) and not batch.paired and batch.latents is None
+
 
 
 def test_table_roundtrip(tmp_path):

@@ -21,6 +21,7 @@ import torch.multiprocessing as mp
 WORLD = 2
 B, T, D, E = 8, 5, 4, 6  # global windows, time steps, input dim, latent dim
 LAM, STEP, SLICES = 0.3, 7, 16
+SIGREG = dict(num_slices=SLICES, seed=0, time_weight=0.25, spectral_slices=0, spectral_weight=1.0)  # explicit options
 MODES = ("autograd", "plain", "none")  # the reduction sigreg uses: correct, non-autograd all_reduce, no reduction
 
 
@@ -43,7 +44,7 @@ def _loss_and_grads(model, z, target, distributed, lam=LAM):
     z = z.clone().requires_grad_(True)
     h = model(z)  # (b, T, E)
     mse = (h[:, :-1] - target).square().mean()
-    loss = mse + lam * sigreg_sequence(h, STEP, num_slices=SLICES, distributed=distributed)
+    loss = mse + lam * sigreg_sequence(h, STEP, **SIGREG, distributed=distributed)
     model.zero_grad()
     loss.backward()
     params = model.module if hasattr(model, "module") else model
@@ -142,6 +143,7 @@ def _close(a, b) -> bool:
     return all(np.allclose(a[k], b[k], rtol=1e-10, atol=1e-12) for k in ("loss", "weight", "bias", "z"))
 
 
+@pytest.mark.slow
 def test_ddp_sigreg_equals_single_process(ddp_results, single):
     got = ddp_results["autograd"]
     assert got["loss"] == pytest.approx(single["loss"], rel=1e-12)
@@ -149,6 +151,7 @@ def test_ddp_sigreg_equals_single_process(ddp_results, single):
         np.testing.assert_allclose(got[key], single[key], rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_naive_reductions_differ(ddp_results, single):
     """Guards against a vacuous test: the SIGReg term is large enough that both wrong reductions are caught."""
     plain, none = ddp_results["plain"], ddp_results["none"]
@@ -159,6 +162,7 @@ def test_naive_reductions_differ(ddp_results, single):
     assert abs(none["loss"] - single["loss"]) > 1e-3 * abs(single["loss"])
 
 
+@pytest.mark.slow
 def test_plain_all_reduce_shrinks_the_across_batch_gradient_by_world_size(ddp_results, single):
     """RESEARCH.md's warning, measured: with a plain all_reduce the across-batch SIGReg share of the gradient is 1/W.
 
@@ -170,8 +174,8 @@ def test_plain_all_reduce_shrinks_the_across_batch_gradient_by_world_size(ddp_re
     local = _single(0.0)  # MSE only
     z, target, lin = _problem()
     h = lin(z)
-    time_only = sigreg_module.sigreg_sequence(h, STEP, num_slices=SLICES) - sigreg_module.sigreg_sequence(
-        h, STEP, num_slices=SLICES, time_weight=0.0)  # the across-time term alone
+    time_only = sigreg_module.sigreg_sequence(h, STEP, **SIGREG) - sigreg_module.sigreg_sequence(
+        h, STEP, **{**SIGREG, "time_weight": 0.0})  # the across-time term alone
     lin.zero_grad()
     (LAM * time_only).backward()
     local_weight = local["weight"] + lin.weight.grad.numpy()
@@ -250,6 +254,7 @@ def teacher_ddp():
     return {m: (float(np.mean([got[r][m][0] for r in range(WORLD)])), got[0][m][1]) for m in ("global", "local")}
 
 
+@pytest.mark.slow
 def test_ddp_teacher_loss_and_gradients_equal_single_process(teacher_ddp):
     """The whole teacher loss (prediction + SIGReg + count anchor) on 2 gloo ranks holding half the windows each:
     the mean of the ranks' losses and the DDP-averaged gradients of every parameter equal one process on the
@@ -263,6 +268,7 @@ def test_ddp_teacher_loss_and_gradients_equal_single_process(teacher_ddp):
         np.testing.assert_allclose(grads[k], ref[k].numpy(), rtol=1e-8, atol=1e-12, err_msg=k)
 
 
+@pytest.mark.slow
 def test_ddp_teacher_with_a_per_rank_count_normaliser_differs(teacher_ddp):
     """Guards against a vacuous test: normalising the count anchor by each rank's own spike total changes the
     loss and the read-out gradients (the halves of the batch fire at different rates)."""

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from neurojepa.data.prepare import PrepareConfig, prepare_session
-from neurojepa.data.simulate import simulate_sessions
+from neurojepa.synthetic.simulate import simulate_sessions
 
 SCRIPT = textwrap.dedent("""
     import sys
@@ -35,6 +35,7 @@ def two_sessions(tmp_path_factory):
             for i, s in enumerate(simulate_sessions(2, seed=3, n_units=40, minutes=1))]
 
 
+@pytest.mark.slow
 def test_two_process_ddp_training_finishes_with_finite_metrics(two_sessions, tmp_path):
     script = tmp_path / "train_ddp.py"
     script.write_text(SCRIPT)

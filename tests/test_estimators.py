@@ -10,17 +10,25 @@ import torch
 import neurojepa as nj
 from neurojepa.data.arrays import ArraySession, SplitConfig
 from neurojepa.errors import InputError
-from neurojepa.student.synthetic import synthetic_session
-from neurojepa.teacher.toy import ToySession
+from neurojepa.synthetic.toy import ToySession, synthetic_session
 from neurojepa.teacher.train import split_units, teach_session
+
+from conftest import sized
 
 torch.set_num_threads(1)
 
-TINY = {"model.width": 16, "model.embed_dim": 8, "model.horizon": 4, "train.window": 16, "train.batch_size": 16,
-        "train.steps_per_epoch": 4, "train.max_epochs": 2, "train.progress": False, "train.val_windows": 16,
+TINY = {"model.width": 16, "model.embed_dim": 8, "loss.replay_dims": 8, "model.horizon": 4, "train.window": 16,
+        "train.batch_size": 16, "train.steps_per_epoch": 4, "train.max_epochs": 2, "train.progress": False,
+        "train.val_windows": 16,
         "eval.baselines": False, "train.threads": 1}
 STUDENT_TINY = dict(n_exc=24, n_inh=6, window=16, burn_in=2, batch_size=8, eval_chunk=40, eval_spike_chunks=4,
                     val_every=5, max_steps=20, readout_refit_steps=20, readout_refit_batch=1024, threads=1)
+
+
+def student_size() -> dict:
+    """The student science check's size: 20 steps on 3,000 bins under `make test`, 200 steps on 6,000 bins under
+    `make test-full` (NEUROJEPA_FULL=1)."""
+    return sized(dict(max_steps=20, n_bins=3000), dict(max_steps=200, n_bins=6000))
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +36,7 @@ def toy():
     return ToySession(n_bins=1500, n_units=30, d=3, seed=0)
 
 
+@pytest.mark.slow
 def test_teacher_estimator_runs_the_pipelines_training(toy, tmp_path):
     """Same arrays, splits and held-out units as teach_session: the same latents to the bit and the same scores."""
     opts = {**TINY, "loss.replay_weight": 0.0}  # replay pairing needs flash labels, which arrays do not carry
@@ -139,15 +148,19 @@ def test_fitted_teacher_checks_what_it_is_given(toy):
         est.transform(counts[:, :20])
 
 
+@pytest.mark.science
 def test_student_estimator_runs_the_pipelines_distillation(tmp_path, monkeypatch):
     """Student.fit + score on arrays == distill on the same counts, latents and blocks (the same metrics), and
-    simulate gives spikes and the very readout that was scored."""
+    simulate gives spikes and the very readout that was scored. Science check: the distilled student tracks the
+    latents on held-out blocks (CCA > 0.4, the null near 0); its size is :func:`student_size`."""
     from neurojepa.data import dataset
     from neurojepa.student.train import distill
 
-    counts, lat, split = synthetic_session(n_units=30, n_bins=3000, d=3, seed=0, block=300, base_rate_hz=20,
+    size = student_size()
+    n_bins = size["n_bins"]
+    counts, lat, split = synthetic_session(n_units=30, n_bins=n_bins, d=3, seed=0, block=300, base_rate_hz=20,
                                            tuning=0.6)
-    est = nj.Student(**STUDENT_TINY).fit(counts, lat, split=split)
+    est = nj.Student(**{**STUDENT_TINY, "max_steps": size["max_steps"]}).fit(counts, lat, split=split)
     m = est.score(counts, lat, split=split)
 
     as_prepared = ArraySession(counts, 0.01, split=split)  # what distill reads, without a directory
@@ -164,7 +177,7 @@ def test_student_estimator_runs_the_pipelines_distillation(tmp_path, monkeypatch
     sim = est.simulate(counts)
     with np.load(out / "readout.npz") as f:
         np.testing.assert_allclose(sim["readout"], f["readout"], rtol=1e-5, atol=1e-6)
-    assert sim["spikes"].shape == (3000 * est.net_.substeps, 30) and sim["spikes"].dtype == np.uint8
+    assert sim["spikes"].shape == (n_bins * est.net_.substeps, 30) and sim["spikes"].dtype == np.uint8
     rate = sim["spikes"].mean() / est.config.dt
     assert 1 < rate < 50  # Hz: a network that fires, neither silent nor saturated
 

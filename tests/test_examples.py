@@ -5,6 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # each runs an example end to end in a subprocess
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 

@@ -16,10 +16,13 @@ from neurojepa.export_nwb import QC_COLUMNS, export_nwb
 from neurojepa.pipeline import load_run_config, run
 from neurojepa.student.spikes_file import read_student_spikes
 
+pytestmark = pytest.mark.slow  # every test reads one whole (tiny) run of the pipeline
+
 # the `fast` preset, smaller still; the science is not the point here
-TINY = ["simulate.units=60", "simulate.minutes=2", "prepare.split_block_s=20", "report=false",
+TINY = ["simulate.units=60", "simulate.minutes=2", "report=false",
         "teacher.train.max_epochs=1", "teacher.train.steps_per_epoch=3", "teacher.train.batch_size=8",
-        "teacher.eval.baselines=false", "teacher.model.embed_dim=8", "teacher.model.width=16",
+        "teacher.eval.baselines=false", "teacher.model.embed_dim=8", "teacher.loss.replay_dims=8",
+        "teacher.model.width=16",
         "student.n_exc=32", "student.n_inh=8", "student.max_steps=4", "student.batch_size=4", "student.window=16",
         "student.val_every=4", "student.readout_refit_steps=2", "student.eval_spike_chunks=4"]
 

@@ -125,13 +125,13 @@ def test_student_readout_of_a_long_session_is_two_bounded_passes():
     from neurojepa.student.config import StudentConfig
     from neurojepa.student.evaluate import student_features, student_readout
     from neurojepa.student.network import StudentNet
-    from neurojepa.student.synthetic import synthetic_session
+    from neurojepa.synthetic.toy import synthetic_session
     from neurojepa.student.train import LONG_SESSION_BATCH, finish_readout
 
     counts, lat, split = synthetic_session(n_units=40, n_bins=12_000, d=4, seed=0)
     cfg = StudentConfig(n_exc=64, n_inh=16, readout_refit_steps=5, readout_refit_batch=512, feature_memory_mb=1)
     torch.manual_seed(0)
-    net = StudentNet(counts.shape[1], lat.shape[1], cfg).eval()
+    net = StudentNet(counts.shape[1], lat.shape[1], cfg, bin_size=0.01).eval()  # synthetic_session's 10 ms bins
     width = len(cfg.readout_taus) * net.n_exc
     whole = len(counts) * width * 4
     assert whole > cfg.feature_memory_mb * 2**20  # this session takes the two-pass path

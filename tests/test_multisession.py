@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from neurojepa.cli import main
-from neurojepa.data.dataset import PreparedSession, WindowDataset
-from neurojepa.data.multisession import MultiSessionDataset, SessionBatchSampler, collate_session_batch
+from neurojepa.data.dataset import PreparedSession
+from neurojepa.data.samplers import SessionBatchSampler
+from neurojepa.data.windows import WindowDataset, WindowSource, collate_windows
 from neurojepa.data.nwb_read import open_session
 from neurojepa.data.prepare import PrepareConfig, prepare_session
-from neurojepa.data.simulate import IMAGES, LATENT_DT, shared_dynamics, simulate_session, simulate_sessions
+from neurojepa.synthetic.simulate import IMAGES, LATENT_DT, shared_dynamics, simulate_session, simulate_sessions
 
 WINDOW, STRIDE = 32, 8
 
@@ -71,17 +72,34 @@ def test_simulate_cli_writes_k_sessions_with_ground_truth(tmp_path):
     assert main(["simulate", "--sessions", "0", "--out", str(tmp_path / "none")]) == 2
 
 
-def test_windows_match_the_single_session_reader(prepared):
-    ds = MultiSessionDataset(prepared, WINDOW, STRIDE, split="train", max_open=1, with_gt=True)
+def test_streamed_windows_match_naive_slices_and_the_in_memory_source(prepared):
+    ds = WindowDataset.from_prepared(prepared, WINDOW, STRIDE, split="train", with_gt=True, max_open=1)
     assert ds.n_sessions == 3 and len(set(ds.n_units.tolist())) > 1  # QC leaves different unit counts
     for s, (a, b) in enumerate(ds.session_ranges):
-        ref = WindowDataset(PreparedSession.load(prepared[s]), "train", WINDOW, STRIDE, preload=True)
-        assert b - a == len(ref)
-        for j in np.linspace(0, len(ref) - 1, 7).astype(int):  # first, last and between
-            item, want = ds[a + j], ref[j]
-            assert item["session"] == s and item["start"] == want["start"]
-            assert torch.equal(item["counts"], want["counts"])
-            assert torch.equal(item["gt_latents"], want["gt_latents"])
+        ps = PreparedSession.load(prepared[s])
+        counts, gt, state = ps.load_counts(), ps.gt_latents, ps.labels["state"].to_numpy().astype(str)
+        # the reference: every WINDOW-bin window on the STRIDE grid of each maximal train run of one state
+        split = ps.split == "train"
+        starts, t = [], 0
+        while t < ps.n_bins:  # scan the maximal runs bin by bin
+            if not split[t]:
+                t += 1
+                continue
+            u = t
+            while u < ps.n_bins and split[u] and state[u] == state[t]:
+                u += 1
+            starts += list(range(t, u - WINDOW + 1, STRIDE))
+            t = u
+        assert b - a == len(starts)
+        mem = WindowDataset([WindowSource.in_memory(counts, ps.segments("train"), latents=gt)], WINDOW, STRIDE)
+        assert len(mem) == len(starts)
+        for j in np.linspace(0, len(starts) - 1, 7).astype(int):  # first, last and between
+            item, want = ds[a + j], starts[j]
+            assert item["session"] == s and item["start"] == want
+            assert torch.equal(item["counts"], torch.from_numpy(counts[want:want + WINDOW].astype(np.float32)))
+            assert torch.equal(item["latents"], torch.from_numpy(gt[want:want + WINDOW].astype(np.float32)))
+            assert torch.equal(mem[j]["counts"], item["counts"]) and torch.equal(mem[j]["latents"], item["latents"])
+            assert ds.state_names[s][item["state"]] == state[want]
             assert len(ds._open) <= 1  # the LRU keeps at most max_open files
     with pytest.raises(IndexError):
         ds[len(ds)]
@@ -91,26 +109,26 @@ def test_windows_match_the_single_session_reader(prepared):
     for got, i in zip(ds.__getitems__(batch), batch):
         want = ds[i]
         assert got["start"] == want["start"] and torch.equal(got["counts"], want["counts"])
-        assert torch.equal(got["gt_latents"], want["gt_latents"])
+        assert torch.equal(got["latents"], want["latents"])
 
 
 def test_handles_are_not_pickled_and_workers_read_the_same(prepared):
-    ds = MultiSessionDataset(prepared, WINDOW, STRIDE, split="val", max_open=2)
+    ds = WindowDataset.from_prepared(prepared, WINDOW, STRIDE, split="val", max_open=2)
     ds[0]
     clone = pickle.loads(pickle.dumps(ds))
     assert not clone._open and torch.equal(clone[0]["counts"], ds[0]["counts"])
     sampler = SessionBatchSampler(ds, batch_size=4, batches_per_session=3, seed=1)
-    kw = dict(batch_sampler=sampler, collate_fn=collate_session_batch)
+    kw = dict(batch_sampler=sampler, collate_fn=collate_windows)
     serial = list(torch.utils.data.DataLoader(ds, **kw))
     forked = list(torch.utils.data.DataLoader(ds, num_workers=2, multiprocessing_context="fork", **kw))
     assert len(serial) == len(forked) == 9
     for x, y in zip(serial, forked):
-        assert x["session"] == y["session"] and torch.equal(x["counts"], y["counts"])
-        assert x["counts"].shape == (4, WINDOW, ds.n_units[x["session"]])
+        assert x.session == y.session and torch.equal(x.counts, y.counts)
+        assert x.counts.shape == (4, WINDOW, ds.n_units[x.session])
 
 
 def test_sampler_is_single_session_balanced_seeded_and_splits_ranks(prepared):
-    ds = MultiSessionDataset(prepared, WINDOW, STRIDE, split="train")
+    ds = WindowDataset.from_prepared(prepared, WINDOW, STRIDE, split="train")
     sampler = SessionBatchSampler(ds, batch_size=16, seed=3)
     batches = list(sampler)
     owner = [{ds.locate(i)[0] for i in b} for b in batches]
@@ -134,9 +152,9 @@ def test_sampler_is_single_session_balanced_seeded_and_splits_ranks(prepared):
 
 
 def test_collate_rejects_mixed_sessions(prepared):
-    ds = MultiSessionDataset(prepared, WINDOW, STRIDE)
+    ds = WindowDataset.from_prepared(prepared, WINDOW, STRIDE)
     a, b = ds.session_ranges[0][0], ds.session_ranges[1][0]
     with pytest.raises(ValueError, match="one session"):
-        collate_session_batch([ds[a], ds[b]])
-    out = collate_session_batch([ds[a], ds[a + 1]])
-    assert out["counts"].shape == (2, WINDOW, ds.n_units[0]) and out["start"].tolist() == [ds[a]["start"], ds[a + 1]["start"]]
+        collate_windows([ds[a], ds[b]])
+    out = collate_windows([ds[a], ds[a + 1]])
+    assert out.counts.shape == (2, WINDOW, ds.n_units[0]) and out.start.tolist() == [ds[a]["start"], ds[a + 1]["start"]]

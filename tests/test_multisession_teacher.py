@@ -11,13 +11,14 @@ import pytest
 import torch
 
 from neurojepa.data.dataset import PreparedSession
-from neurojepa.data.multisession import MultiSessionDataset, SessionBatchSampler, collate_session_batch
+from neurojepa.data.samplers import SessionBatchSampler
+from neurojepa.data.windows import WindowBatch, WindowDataset, WindowSource, collate_windows
 from neurojepa.data.prepare import PrepareConfig, prepare_session
-from neurojepa.data.simulate import simulate_sessions
 from neurojepa.errors import InputError
+from neurojepa.synthetic.simulate import simulate_sessions
 from neurojepa.teacher.config import TeacherConfig
 from neurojepa.teacher.multisession import MultiSessionTeacher, session_pairs, teach_many
-from neurojepa.teacher.train import Windows, _segments_with_states, replay_dataset
+from neurojepa.teacher.train import replay_pairs
 from neurojepa.teacher.transfer import transfer
 
 
@@ -46,6 +47,7 @@ def teacher(prepared, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_every_training_session_is_scored(teacher, prepared):
     m = json.loads((teacher / "metrics.json").read_text())["teacher_multi"]
     assert sorted(m["sessions"]) == ["session_0", "session_1", "session_2"]
@@ -76,7 +78,7 @@ def test_every_training_session_is_scored(teacher, prepared):
 def test_paired_batches_stream_each_window_and_its_replay_partner(prepared):
     """The sampler's paired batches: B/2 active windows then their passive partners, read from HDF5, equal to
     the rows of the file at the pair table's starts; a session without pairs keeps plain batches."""
-    ds = MultiSessionDataset(prepared[:2], window=40, stride=16, split="train")
+    ds = WindowDataset.from_prepared(prepared[:2], 40, 16, split="train")
     pairs = session_pairs(ds, 0, prepared[0])
     assert pairs is not None and len(pairs[0]) > 10
     act, par = pairs
@@ -89,33 +91,32 @@ def test_paired_batches_stream_each_window_and_its_replay_partner(prepared):
     assert all((split[p:p + 40] == "train").all() and (state[p:p + 40] == "passive").all() for p in par)
     img = ps.labels["image"].to_numpy().astype(str)
     assert np.mean(img[act + 20] == img[par + 20]) > 0.9
-    # the streamed pair table is the single teacher's in-memory one (train.replay_dataset) for the same windows
+    # the streamed pair table is the single teacher's in-memory one (train.replay_pairs) for the same windows
     counts = ps.load_counts()
-    segs, states = _segments_with_states(ps, "train")
-    mem = replay_dataset(ps, counts, Windows(counts, segs, 40, 16, states), segs, states, [], None)
-    assert np.array_equal(mem.starts, act) and np.array_equal(mem.partners, par)
+    mem = replay_pairs(ps, WindowDataset([WindowSource.in_memory(counts, ps.segments("train"))], 40, 16), [])
+    assert np.array_equal(mem[0], act) and np.array_equal(mem[1], par)
     sampler = SessionBatchSampler(ds, batch_size=8, batches_per_session=3, seed=1, pairs={0: pairs})
     batches = list(sampler)
     assert len(batches) == 6
     n_paired = 0
     for idx in batches:
-        b = collate_session_batch(ds.__getitems__(idx))
-        assert b["counts"].shape[0] == 8 and b["state"].shape == (8,)
-        if b["session"] == 0:
+        b = collate_windows(ds.__getitems__(idx))
+        assert b.counts.shape[0] == 8 and b.state.shape == (8,)
+        if b.session == 0:
             n_paired += 1
-            assert b["paired"] and b["state"][:4].tolist() == [0] * 4 and b["state"][4:].tolist() == [2] * 4
-            starts = b["start"].numpy()
+            assert b.paired and b.state[:4].tolist() == [0] * 4 and b.state[4:].tolist() == [2] * 4
+            starts = b.start.numpy()
             assert {(a, p) for a, p in zip(starts[:4], starts[4:])} <= set(zip(act.tolist(), par.tolist()))
             for k, st in enumerate(starts):
-                assert torch.equal(b["counts"][k], torch.from_numpy(counts[st:st + 40].astype(np.float32)))
+                assert torch.equal(b.counts[k], torch.from_numpy(counts[st:st + 40].astype(np.float32)))
         else:
-            assert not b["paired"]
+            assert not b.paired
     assert n_paired == 3
 
 
 def test_a_session_without_a_replay_trains_unpaired(prepared, caplog):
     """Restricted to the active block, the partners' passive blocks are not there: pairing is refused, logged."""
-    ds = MultiSessionDataset(prepared[:1], window=40, stride=16, split="train", states=["active"])
+    ds = WindowDataset.from_prepared(prepared[:1], 40, 16, split="train", states=["active"])
     with caplog.at_level(logging.WARNING):
         assert session_pairs(ds, 0, prepared[0]) is None
     assert "training unpaired" in caplog.text
@@ -128,8 +129,10 @@ def test_each_step_trains_only_the_batch_session_maps_and_the_shared_model(prepa
     before = {k: v.clone() for k, v in mod.state_dict().items()}
     opt = torch.optim.SGD(mod.parameters(), lr=0.1)
     length = mod.warm + cfg.train.window + cfg.model.horizon
-    batch = {"counts": torch.poisson(torch.full((8, length, 30), 0.3)), "session": 1}
-    out, _ = mod._session_loss(batch, 0)
+    batch = WindowBatch(torch.poisson(torch.full((8, length, 30), 0.3)), torch.zeros(8, dtype=torch.int64),
+                        torch.zeros(8, dtype=torch.int64), session=1)
+    x = mod.batch_counts(batch)
+    out = mod.losses(x, mod._views(x, 0), 0, batch.state, batch.paired)
     out["loss"].backward()
     opt.step()
     after = mod.state_dict()
@@ -147,9 +150,10 @@ def test_per_state_readouts_are_keyed_by_session_and_state():
     assert sorted(mod.state_readouts) == ["a@0", "a@1", "b@0", "b@1", "b@2"]
     length = mod.warm + cfg.train.window + cfg.model.horizon
     g = torch.Generator().manual_seed(0)
-    batch = {"counts": torch.poisson(torch.full((8, length, 30), 0.3), generator=g), "session": 1,
-             "state": torch.tensor([0] * 4 + [2] * 4), "paired": True}
-    out, _ = mod._session_loss(batch, 0)
+    batch = WindowBatch(torch.poisson(torch.full((8, length, 30), 0.3), generator=g),
+                        torch.tensor([0] * 4 + [2] * 4), torch.zeros(8, dtype=torch.int64), session=1, paired=True)
+    x = mod.batch_counts(batch)
+    out = mod.losses(x, mod._views(x, 0), 0, batch.state, batch.paired)
     assert out["replay"] > 0
     out["loss"].backward()
     grad = {n: p.grad for n, p in mod.named_parameters()}
@@ -166,6 +170,7 @@ def test_per_state_readouts_are_keyed_by_session_and_state():
     assert grad["state_readouts.b@0.weight"][:, k:].abs().sum() == 0
 
 
+@pytest.mark.slow
 def test_resume_replays_the_same_steps(prepared, teacher, tmp_path):
     """1 epoch, then --resume to 2 epochs == the uninterrupted 2-epoch run (same checkpoint weights, metrics)."""
     out = tmp_path / "t"
@@ -183,6 +188,7 @@ def test_resume_replays_the_same_steps(prepared, teacher, tmp_path):
         teach_many(prepared[:3], tmp_path / "empty", _cfg(), resume=True)
 
 
+@pytest.mark.slow
 def test_transfer_beats_an_unfitted_read_in(prepared, teacher, tmp_path):
     before = torch.load(teacher / "best.ckpt", weights_only=True)["state_dict"]
     # 100 steps: this 12-step teacher's new-session fit dips before it rises (0.118 -> 0.088 at step 20 -> 0.172)

@@ -14,7 +14,7 @@ from neurojepa.student.train import save_student
 
 def test_nir_round_trip_types_shapes_and_signs(tmp_path):
     cfg = StudentConfig(n_exc=12, n_inh=3, seed=3, readout_taus=[0.05])
-    net = StudentNet(7, 4, cfg)
+    net = StudentNet(7, 4, cfg, bin_size=0.01)
     save_config(cfg, tmp_path / "config.yaml")
     save_student(net, tmp_path / "student.pt")
     g = nir.read(str(export_nir(tmp_path, tmp_path / "s.nir")))
@@ -43,7 +43,7 @@ def test_nir_round_trip_types_shapes_and_signs(tmp_path):
 
 def test_nir_readout_branch_per_time_constant(tmp_path):
     cfg = StudentConfig(n_exc=12, n_inh=3, seed=3, readout_taus=[0.01, 0.03, 0.1])
-    net = StudentNet(7, 4, cfg)
+    net = StudentNet(7, 4, cfg, bin_size=0.01)
     save_config(cfg, tmp_path / "config.yaml")
     save_student(net, tmp_path / "student.pt")
     g = nir.read(str(export_nir(tmp_path, tmp_path / "s.nir")))
@@ -80,7 +80,7 @@ def test_nir_graph_runs_in_a_second_simulator_with_the_students_spikes(tmp_path,
 
     cfg = StudentConfig(n_exc=40, n_inh=10, seed=3, readout_taus=[0.03, 0.1], refractory=0.0, adapt_strength=0.0,
                         noise_std=0.0)
-    net = StudentNet(20, 4, cfg)
+    net = StudentNet(20, 4, cfg, bin_size=0.01)
     counts = torch.from_numpy(np.random.default_rng(0).poisson(0.3, (2, 100, 20)).astype(np.float32))
     net.calibrate_bias(counts)  # firing near 10 Hz, so that the comparison has spikes to compare
     ref = net.simulate(counts)
@@ -105,7 +105,7 @@ def test_nir_graph_runs_in_a_second_simulator_with_the_students_spikes(tmp_path,
     assert 0.75 < frac_identical < 0.95, frac_identical  # 0.837 measured
 
     assert "NIR cannot represent" not in caplog.text  # nothing lost for this network; the default student warns:
-    student_to_nir(StudentNet(5, 2, StudentConfig(n_exc=4, n_inh=1)))
+    student_to_nir(StudentNet(5, 2, StudentConfig(n_exc=4, n_inh=1), bin_size=0.01))
     assert "NIR cannot represent this student's refractory 0.002, adapt_strength 0.25, noise_std 0.3" in caplog.text
 
     bin_end = same["output"][net.substeps - 1:: net.substeps].transpose(0, 1)  # (B, bins, D) at each bin's last step

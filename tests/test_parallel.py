@@ -8,10 +8,10 @@ import pytest
 from neurojepa.cli import main
 from neurojepa.data.parallel import output_dirs, prepare_many
 from neurojepa.data.prepare import PrepareConfig, prepare
-from neurojepa.data.simulate import simulate_sessions_to_nwb
 from neurojepa.errors import InputError
+from neurojepa.synthetic.simulate import simulate_sessions_to_nwb
 
-CFG = ["figure=false", "split_block_s=10"]
+CFG = ["split_block_s=10"]  # with the QC figure: the CLI hands plot_qc to every Dask worker
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +35,7 @@ def test_two_workers_prepare_every_good_session_and_report_the_broken_one(inputs
     assert len(failed) == 1 and str(broken) in failed[0]
     assert "3 of 4 sessions prepared" in out
     assert sorted(p.name for p in (tmp_path / "root").iterdir()) == ["session_00", "session_01", "session_02"]
+    assert all((tmp_path / "root" / s / "qc.png").is_file() for s in ("session_00", "session_01", "session_02"))
     # the same bytes of counts as preparing one file in this process
     ref = prepare(files[1], tmp_path / "ref", PrepareConfig(figure=False, split_block_s=10))
     with h5py.File(ref / "dataset.h5") as a, h5py.File(tmp_path / "root/session_01/dataset.h5") as b:

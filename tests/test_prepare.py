@@ -14,6 +14,7 @@ from neurojepa.data.dataset import PreparedSession
 from neurojepa.data.prepare import PrepareConfig, assign_splits, prepare, prepare_session
 from neurojepa.data.qc import QCConfig
 from neurojepa.data.session import GroundTruth, InMemorySpikes, Session, SpikeTrains
+from neurojepa.report.qc_figure import plot_qc
 
 STATE_S = 100.0  # s per task block in the test session
 
@@ -82,7 +83,7 @@ def session():
 def prepared(session, tmp_path_factory):
     out = tmp_path_factory.mktemp("prep") / "d"
     cfg = PrepareConfig(split_block_s=10.0, chunk_s=7.0, figure=True)
-    prepare_session(session, out, cfg)
+    prepare_session(session, out, cfg, draw_qc=plot_qc)  # the figure comes from the report layer, as in the CLI
     return out
 
 

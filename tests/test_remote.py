@@ -11,18 +11,18 @@ import json
 import pickle
 import re
 import socket
-import threading
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
+from conftest import serving
 
 from neurojepa.cli import main
 from neurojepa.data.nwb_read import open_session
 from neurojepa.data.prepare import PrepareConfig, prepare
-from neurojepa.data.simulate import simulate_to_nwb
 from neurojepa.errors import InputError
+from neurojepa.synthetic.simulate import simulate_to_nwb
 
 
 class Server(http.server.ThreadingHTTPServer):
@@ -88,13 +88,7 @@ def files(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def server(files):
-    srv = Server(files)
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
-    thread.join(timeout=5)
+    yield from serving(Server(files))
 
 
 def test_inspect_url_reads_a_small_fraction_of_the_file(server, files, capsys):

@@ -102,14 +102,14 @@ def test_replay_term_ties_only_the_first_k_dims():
     assert torch.allclose(replay_distance(10 * z[0]), replay_distance(z[0]), rtol=0.01)  # up to the 1e-4 floor
     assert replay_distance(0.1 * z[0], normalise=False) < 0.02 * replay_distance(z[0], normalise=False)
     assert mod.losses(x, views, 0, paired=False)["replay"] == 0
-    batch = torch.stack([x[:2], x[2:]], dim=1)  # a loader's paired batch: (B/2, 2, L, U)
-    counts, state, paired = mod.unpack(batch)
-    assert paired and state is None and torch.equal(counts, x)
 
 
+
+@pytest.mark.slow
 def test_replay_training_end_to_end(tmp_path, caplog):
-    from neurojepa.teacher.toy import ToySession
-    from neurojepa.teacher.train import Windows, replay_dataset, teach_session
+    from neurojepa.synthetic.toy import ToySession
+    from neurojepa.data.windows import PairedBatch, WindowDataset, WindowSource, collate_windows
+    from neurojepa.teacher.train import replay_pairs, teach_session
     from test_teacher import small_cfg
 
     toy = ToySession(n_bins=1500, n_units=30, d=3, seed=0)
@@ -129,13 +129,17 @@ def test_replay_training_end_to_end(tmp_path, caplog):
     for key in ("gt_r2", "cobps", "best_val_loss", "global_step"):
         assert resumed["teacher"][key] == pytest.approx(m[key], rel=1e-6, abs=1e-9), key
     # training on one state turns pairing off (a pair would use the other state's data), with a log line
-    segs = toy.segments("train")
-    states = [str(st[a]) for a, _ in segs]
-    ds = Windows(toy.load_counts(), segs, 40, 8, states)
+    ds = WindowDataset([WindowSource.in_memory(toy.load_counts(), toy.segments("train"))], 40, 8)
     with caplog.at_level("INFO"):
-        assert replay_dataset(toy, toy.load_counts(), ds, segs, states, ["active"], None) is None
+        assert replay_pairs(toy, ds, ["active"]) is None
     assert "pairing off" in caplog.text
-    both = replay_dataset(toy, toy.load_counts(), ds, segs, states, [], None)
-    assert len(both) > 0 and set(st[both.starts]) == {"active"} and set(st[both.partners]) == {"passive"}
+    starts, partners = replay_pairs(toy, ds, [])
+    assert len(starts) > 0 and set(st[starts]) == {"active"} and set(st[partners]) == {"passive"}
     # partners sit at the replayed time (the toy's passive block starts n_bins after the active one)
-    assert np.all(both.partners - both.starts == 1500)
+    assert np.all(partners - starts == 1500)
+    # a paired batch: the windows, then their partners in the same order, with their states' codes
+    batch = collate_windows(ds.__getitems__(PairedBatch([(0, s) for s in starts[:3]] + [(0, p) for p in partners[:3]])))
+    assert batch.paired and batch.counts.shape == (6, 40, toy.n_units)
+    names = ds.state_names[0]
+    assert [names[c] for c in batch.state.tolist()] == ["active"] * 3 + ["passive"] * 3
+    assert np.array_equal(batch.counts[3].numpy(), toy.load_counts()[partners[0]:partners[0] + 40])

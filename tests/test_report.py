@@ -41,7 +41,8 @@ def teacher_metrics(**over) -> dict:
 
 def student_metrics(**over) -> dict:
     s = dict(cca_heldout=list(np.linspace(0.95, 0.6, 8)), cca_heldout_mean=0.8, cca_null_mean=0.05,
-             frac_in_band=0.95, dale_violations=0, cv_isi_median=0.9, rate_hz_median=9.0, n_exc=40, n_inh=10,
+             frac_in_band=0.95, rate_band_hz=[5.0, 20.0], dale_violations=0, cv_isi_median=0.9, rate_hz_median=9.0,
+             n_exc=40, n_inh=10,
              decoding=_decoding(0.78), cca_heldout_mean_unconstrained=0.85, cca_cross_state={"active->passive": 0.6})
     s.update(over)
     return s
@@ -105,10 +106,11 @@ def make_run_dir(root, prepared, *, teacher=True, student=True, logs=True):
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     from neurojepa.data.prepare import PrepareConfig, prepare_session
-    from neurojepa.data.simulate import simulate_session
+    from neurojepa.report.qc_figure import plot_qc
+    from neurojepa.synthetic.simulate import simulate_session
 
     return prepare_session(simulate_session(seed=0, n_units=40, minutes=1), tmp_path_factory.mktemp("p") / "prep",
-                           PrepareConfig(split_block_s=5.0))
+                           PrepareConfig(split_block_s=5.0), draw_qc=plot_qc)
 
 
 @pytest.fixture(scope="module")
@@ -172,6 +174,23 @@ def test_missing_results_show_not_available(prepared, tmp_path):
     assert f"0 of {len(TARGETS)} targets met; {len(TARGETS)} not available" in secs["targets"]
     # the data section still has its numbers and pictures
     assert NOT_AVAILABLE not in secs["data"] and len(_images(secs["data"])) == 2
+
+
+def test_rate_histogram_shades_the_band_the_run_recorded(prepared, tmp_path, monkeypatch):
+    """The band drawn is the student's own (metrics ``rate_band_hz``, from rate_low_hz / rate_high_hz), not 5-20 Hz;
+    a run that did not record it gets no band."""
+    run = make_run_dir(tmp_path, prepared)
+    m = json.loads((run / "metrics.json").read_text())
+    m["student"]["rate_band_hz"] = [2.0, 40.0]
+    (run / "metrics.json").write_text(json.dumps(m))
+    seen, real = [], F.rate_histogram
+    monkeypatch.setattr(F, "rate_histogram", lambda r, e, band: seen.append(band) or real(r, e, band))
+    text = build_report(run).read_text()
+    assert "&gt;= 0.9 (of neurons at 2-40 Hz)" in _sections(text)["targets"]
+    del m["student"]["rate_band_hz"]
+    (run / "metrics.json").write_text(json.dumps(m))
+    build_report(run)
+    assert seen == [(2.0, 40.0), None]
 
 
 def test_null_metric_is_not_available_not_zero(prepared, tmp_path):

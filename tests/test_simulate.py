@@ -8,14 +8,14 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from neurojepa.data.session import InMemorySpikes, Session, SpikeTrains
-from neurojepa.data.simulate import (
+from neurojepa.errors import InputError
+from neurojepa.synthetic.simulate import (
     LATENT_DT,
     SimulatedSpikes,
     _poisson_refractory,
     simulate_session,
     true_rates,
 )
-from neurojepa.errors import InputError
 
 
 @pytest.fixture(scope="module")
@@ -270,7 +270,7 @@ def test_simulated_nwb_reads_back_with_ground_truth(tmp_path):
     from pynwb import validate
 
     from neurojepa.data.nwb_read import open_session
-    from neurojepa.data.simulate import simulate_to_nwb
+    from neurojepa.synthetic.simulate import simulate_to_nwb
 
     mem = simulate_session(seed=1, n_units=12, minutes=4)
     path = simulate_to_nwb(tmp_path / "sim.nwb", seed=1, n_units=12, minutes=4)
@@ -289,7 +289,7 @@ def test_simulated_nwb_reads_back_with_ground_truth(tmp_path):
 
 
 def test_simulator_settings_from_the_command_line_are_typed_and_checked():
-    from neurojepa.data.simulate import parse_overrides
+    from neurojepa.synthetic.simulate import parse_overrides
 
     assert parse_overrides(["vbn_blocks=false", "n_units=12", "gray_s=2.5", "dynamics_seed=none"]) == \
         dict(vbn_blocks=False, n_units=12, gray_s=2.5, dynamics_seed=None)

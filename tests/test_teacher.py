@@ -8,12 +8,13 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import sized
 from lightning.pytorch.callbacks import Callback
 
 from neurojepa.errors import InputError
+from neurojepa.synthetic.toy import ToySession
 from neurojepa.teacher.config import TeacherConfig
 from neurojepa.teacher.model import TeacherNet
-from neurojepa.teacher.toy import ToySession
 from neurojepa.teacher.train import teach_session
 
 torch.set_num_threads(1)
@@ -22,6 +23,7 @@ torch.set_num_threads(1)
 def small_cfg(**kw) -> TeacherConfig:
     cfg = TeacherConfig()
     cfg.model.width, cfg.model.embed_dim, cfg.model.horizon = 16, 8, 4
+    cfg.loss.replay_dims = 8  # every latent dim tied (what the default 31 meant for 8 dims before it was checked)
     cfg.train.window, cfg.train.batch_size, cfg.train.steps_per_epoch, cfg.train.max_epochs = 16, 16, 4, 3
     cfg.train.progress, cfg.eval.baselines, cfg.train.val_windows = False, False, 16
     for k, v in kw.items():
@@ -36,7 +38,9 @@ def toy():
 
 
 def test_encoder_is_causal_and_chunking_is_exact():
-    net = TeacherNet({"s": 12}, width=16, embed_dim=4, dilations=(1, 2, 4))
+    net = TeacherNet({"s": 12}, width=16, embed_dim=4, kernel=3, dilations=(1, 2, 4), horizon=10, predictor_hidden=128,
+                     seed=0, smooth_bins=16, input_transform="sqrt", linear_skip=True, view_mode="halves",
+                     count_link="exp")  # every option explicit (the old constructor defaults: same network)
     x = torch.poisson(torch.full((1, 200, 12), 0.5))
     z = net.embed(x, "s")
     y = x.clone()
@@ -68,6 +72,7 @@ class _Crash(Callback):
             raise RuntimeError("simulated crash")
 
 
+@pytest.mark.slow
 def test_resume_gives_same_metrics(toy, tmp_path):
     cfg = small_cfg()
     full = json.loads((teach_session(toy, tmp_path / "a", cfg) / "metrics.json").read_text())["teacher"]
@@ -79,12 +84,12 @@ def test_resume_gives_same_metrics(toy, tmp_path):
         assert resumed[key] == pytest.approx(full[key], rel=1e-6, abs=1e-9), key
 
 
+@pytest.mark.slow
 def test_nan_guard_keeps_last_good_checkpoint(toy, tmp_path):
     class _Poison(Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             if trainer.global_step == 6:  # epoch 1 (4 steps/epoch): epoch 0's checkpoint exists
-                counts = batch[0] if isinstance(batch, (tuple, list)) else batch  # (counts, state codes)
-                counts[0, 0, 0] = float("nan")
+                batch.counts[0, 0, 0] = float("nan")
 
     with pytest.raises(InputError, match="diverged"):
         teach_session(toy, tmp_path, small_cfg(), callbacks=[_Poison()])
@@ -199,7 +204,8 @@ def test_train_and_test_states(toy, tmp_path):
 
     class _Spy(Callback):
         def on_train_start(self, trainer, pl_module):
-            seen.extend(trainer.train_dataloader.dataset.states.tolist())
+            ds = trainer.train_dataloader.dataset
+            seen.extend(ds.state_names[0][c] for c in ds.windows(0)[1])
 
     out = teach_session(toy, tmp_path, small_cfg(), callbacks=[_Spy()], train_states=["active"],
                         test_states=["passive"])
@@ -212,6 +218,7 @@ def test_train_and_test_states(toy, tmp_path):
         teach_session(toy, tmp_path / "x", small_cfg(), train_states=["asleep"])
 
 
+@pytest.mark.slow
 @pytest.mark.science
 def test_teacher_recovers_ground_truth_at_least_as_well_as_pca(tmp_path):
     """Science check (reduced): on a small toy session the teacher's latents map onto the true latents (ridge,
@@ -227,21 +234,22 @@ def test_teacher_recovers_ground_truth_at_least_as_well_as_pca(tmp_path):
     from neurojepa.metrics.latent import ridge_r2
     from neurojepa.teacher.baselines import baseline_latents
 
-    toy = ToySession(n_bins=6000, n_units=60, d=4, seed=1)
+    toy = ToySession(n_bins=sized(6000, 12000), n_units=60, d=4, seed=1)  # make test-full: twice the bins and steps
     split = np.asarray(toy.split).astype(str)
     m = {}
     for slices in (0, 4):
-        cfg = small_cfg(train__steps_per_epoch=100, train__max_epochs=4, loss__spectral_slices=slices)
+        cfg = small_cfg(train__steps_per_epoch=sized(100, 200), train__max_epochs=4, loss__spectral_slices=slices)
         out = teach_session(toy, tmp_path / str(slices), cfg)
         m[slices] = json.loads((out / "metrics.json").read_text())["teacher"]
     heldin = np.load(out / "latents.npz")["heldin_units"]
-    pca = baseline_latents(toy.load_counts()[:, heldin], split == "train", toy.bin_size, 8, with_fa=False,
-                           with_cebra=False)["pca"]
+    pca = baseline_latents(toy.load_counts()[:, heldin], split == "train", toy.bin_size, 8, cfg.eval.smooth_ms,
+                           cfg.train.seed, with_fa=False, with_cebra=False)["pca"]
     pca_r2 = ridge_r2(pca, toy.gt_latents, split == "train", split == "test")
     assert m[0]["gt_r2"] >= pca_r2 - 0.02, (m[0]["gt_r2"], pca_r2)
     assert m[4]["rankme"] > m[0]["rankme"] + 0.5, (m[4]["rankme"], m[0]["rankme"])
 
 
+@pytest.mark.slow
 def test_diagnostics_flag_collapse_without_regulariser(toy, tmp_path):
     """Pure LeJEPA (no count anchor) without SIGReg collapses, and the held-out diagnostics say so: the
     per-dimension std shrinks and the SIGReg statistic grows against the same run with SIGReg (RankMe is
@@ -254,3 +262,20 @@ def test_diagnostics_flag_collapse_without_regulariser(toy, tmp_path):
     # measured: median std 0.05 vs 0.56, statistic 206 vs 79
     assert np.median(m["none"]["per_dim_std"]) < 0.25 * np.median(m["sigreg"]["per_dim_std"])
     assert m["none"]["sigreg_heldout"] > 2 * m["sigreg"]["sigreg_heldout"]
+
+
+def test_validation_batches_carry_their_own_windows_states(toy, tmp_path):
+    """Each val window's state code is its own window's state (the per-state read-outs score it). The old loader
+    subset and shuffled the val windows but not their states, so every val window carried the first windows'
+    state (issue 14)."""
+    seen = []
+
+    class _Spy(Callback):
+        def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+            names = trainer.val_dataloaders.dataset.state_names[0]
+            seen.extend((names[c], s) for c, s in zip(batch.state.tolist(), batch.start.tolist()))
+
+    teach_session(toy, tmp_path, small_cfg(train__max_epochs=1, train__val_windows=64), callbacks=[_Spy()])
+    state = toy.labels["state"].to_numpy().astype(str)
+    assert len(seen) > 4 and len({name for name, _ in seen}) > 1  # a mixed, shuffled val set
+    assert all(name == state[start] for name, start in seen)

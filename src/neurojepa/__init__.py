@@ -1,7 +1,8 @@
 """neurojepa: latent dynamics of neural populations with a LeJEPA teacher, distilled into a spiking student.
 
-The pipeline reads left to right: ``data`` (sessions, NWB, Allen access, simulator, QC, binning) ->
-``teacher`` (LeJEPA) -> ``student`` (E/I LIF network) -> ``metrics`` -> ``report``.
+The pipeline reads left to right: ``data`` (sessions, NWB, Allen access, QC, binning) ->
+``teacher`` (LeJEPA) -> ``student`` (E/I LIF network) -> ``metrics`` -> ``report``; ``synthetic`` (the VBN-like
+simulator and small toys) produces data with ground truth for all of them.
 
 The public API is small: :func:`run` (the main job), :func:`load_run` (open a finished run),
 :func:`open_session` (any NWB recording as a :class:`~neurojepa.data.session.Session`, a local path or a URL),
@@ -9,7 +10,7 @@ The public API is small: :func:`run` (the main job), :func:`load_run` (open a fi
 :class:`Student` (fit / transform / score / save / load on count arrays). Heavy modules load on first use.
 """
 
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = ["run", "load_run", "open_session", "simulate_session", "Teacher", "Student", "__version__"]
 
@@ -28,7 +29,7 @@ def __getattr__(name):  # lazy: `import neurojepa` stays instant, torch loads on
 
         return getattr(estimators, name)
     if name == "simulate_session":
-        from .data.simulate import simulate_session
+        from .synthetic.simulate import simulate_session
 
         return simulate_session
     raise AttributeError(f"module 'neurojepa' has no attribute {name!r}")

@@ -11,8 +11,8 @@ import logging
 import sys
 import warnings
 
-from . import __version__
 from .errors import EXIT_INPUT_ERROR, InputError
+from .version import __version__
 
 log = logging.getLogger("neurojepa")
 
@@ -33,12 +33,12 @@ def _add_simulate(sub) -> None:
     p.add_argument("--preset", choices=["default", "vbn"], default="default",
                    help="'default': ~400 units, two ~15 min blocks; 'vbn': full size, ~2,000 units, ~2.5 h")
     p.add_argument("overrides", nargs="*", metavar="field=value",
-                   help="any simulator setting (SimConfig in data/simulate.py), e.g. vbn_blocks=false")
+                   help="any simulator setting (SimConfig in synthetic/simulate.py), e.g. vbn_blocks=false")
     p.set_defaults(func=_run_simulate)
 
 
 def _run_simulate(args) -> int:
-    from .data.simulate import parse_overrides, simulate_sessions_to_nwb, simulate_to_nwb
+    from .synthetic.simulate import parse_overrides, simulate_sessions_to_nwb, simulate_to_nwb
 
     overrides = parse_overrides(args.overrides)
     if args.sessions is not None:
@@ -153,6 +153,7 @@ def _add_prepare(sub) -> None:
 def _run_prepare(args) -> int:
     from .config import load_config
     from .data.prepare import PrepareConfig, prepare, print_summary
+    from .report.qc_figure import plot_qc
 
     # intermixed parsing hands every positional to `input` first: key=value ones are overrides
     inputs = [a for a in args.input if "=" not in a]
@@ -162,16 +163,17 @@ def _run_prepare(args) -> int:
     cfg = load_config(PrepareConfig, args.config, overrides)
     if len(inputs) > 1 or args.workers is not None or args.scheduler is not None:
         return _prepare_many(inputs, args, cfg)
-    out = prepare(inputs[0], args.out, cfg, states_from=args.states_from)
+    out = prepare(inputs[0], args.out, cfg, states_from=args.states_from, draw_qc=plot_qc)
     print_summary(out)
     return 0
 
 
 def _prepare_many(inputs: list[str], args, cfg) -> int:
     from .data.parallel import prepare_many
+    from .report.qc_figure import plot_qc
 
     results = prepare_many(inputs, args.out, cfg, workers=args.workers, scheduler=args.scheduler,
-                           states_from=args.states_from)
+                           states_from=args.states_from, draw_qc=plot_qc)
     failed = {k: v for k, v in results.items() if isinstance(v, str)}
     for inp, out in results.items():
         if inp not in failed:

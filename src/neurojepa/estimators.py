@@ -19,8 +19,8 @@ Options are the pipeline's typed configs (:class:`~neurojepa.teacher.config.Teac
 :class:`~neurojepa.student.config.StudentConfig`; every key in docs/config.md under ``teacher.`` and ``student.``),
 given as keyword arguments in either of two spellings that mean the same::
 
-    nj.Teacher(**{"train.max_epochs": 2, "model.embed_dim": 16})
-    nj.Teacher(train={"max_epochs": 2}, model={"embed_dim": 16})
+    nj.Teacher(**{"train.max_epochs": 2, "model.embed_dim": 16, "loss.replay_dims": 15})
+    nj.Teacher(train={"max_epochs": 2}, model={"embed_dim": 16}, loss={"replay_dims": 15})
     nj.Student(max_steps=100, n_exc=128)            # StudentConfig is flat
 
 plus a ``splits`` section, how ``fit`` cuts time into train/val/test blocks, exactly as ``neurojepa prepare``
@@ -48,12 +48,15 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
 from .config import as_overrides, load_config, to_dict
 from .data.arrays import ArraySession, SplitConfig, check_counts
+from .data.prepare import PrepareConfig
 from .errors import InputError, atomic_path
 from .student.config import StudentConfig
 from .teacher.config import TeacherConfig
+from .version import __version__
+
+BIN_SIZE = PrepareConfig.bin_size  # s: the default bin of counts handed in (prepare's, the one home of 10 ms)
 
 
 @dataclass
@@ -132,7 +135,7 @@ class Teacher(_Estimator):
     def is_fitted(self) -> bool:
         return getattr(self, "module_", None) is not None
 
-    def fit(self, counts, states=None, heldout_units=None, *, bin_size: float = 0.01, split=None) -> "Teacher":
+    def fit(self, counts, states=None, heldout_units=None, *, bin_size: float = BIN_SIZE, split=None) -> "Teacher":
         """Train on counts (n_bins, n_units); returns self.
 
         states: (n_bins,) state name per bin (None: one state; "" = a bin outside every split). heldout_units:
@@ -237,7 +240,7 @@ class Student(_Estimator):
     def is_fitted(self) -> bool:
         return getattr(self, "net_", None) is not None
 
-    def fit(self, counts, latents, states=None, *, bin_size: float = 0.01, split=None) -> "Student":
+    def fit(self, counts, latents, states=None, *, bin_size: float = BIN_SIZE, split=None) -> "Student":
         """Distil latents (n_bins, D) (e.g. ``Teacher.transform(counts)``) into a spiking network driven by counts
         (n_bins, n_in): training windows from train blocks, validation on val blocks (as ``fit`` of the teacher
         deals them), then the readout refit on train bins. Returns self."""
@@ -251,8 +254,8 @@ class Student(_Estimator):
         x = session.load_counts()
         lat = check_latents(latents, session.n_bins)
         with tempfile.TemporaryDirectory(prefix="neurojepa-student-", ignore_cleanup_errors=True) as work:
-            net = fit_student(x, lat, session.split, cfg, Path(work), session.bin_size,
-                              train_segments=session.segments("train"), val_segments=session.segments("val"))
+            net = fit_student(x, lat, cfg, Path(work), bin_size=session.bin_size, train=session.segments("train"),
+                              val=session.segments("val"))
         finish_readout(net, x, lat, train_mask(session.split, None, None, cfg.burn_in), cfg)
         self.net_ = net
         self.fit_info_ = dict(train_seconds=round(net.train_seconds, 1), global_step=net.global_step,

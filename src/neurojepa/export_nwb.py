@@ -45,8 +45,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from . import __version__
 from .errors import InputError, atomic_path
+from .version import __version__
 
 if TYPE_CHECKING:
     from .student.spikes_file import StudentSpikes

@@ -19,11 +19,15 @@ A failed run leaves nothing that looks like a finished run: when the attempt cre
 completed, the directory is removed; otherwise ``status.json`` says failed, at which stage and why, and the next
 ``neurojepa run`` there starts that stage afresh (with a corrected config too: stages whose key did not change are
 kept, the others rerun, so two configs still never mix).
+
+Imports flow one way: this module sits above ``synthetic``, ``data``, ``teacher``, ``student`` and ``report`` and
+wires them together, none of them imports it. E.g. the prepare stage hands the report layer's
+:func:`~neurojepa.report.qc_figure.plot_qc` to the data layer's ``prepare`` as ``draw_qc``, so ``prepare/qc.png``
+is written inside the stage's atomic directory without ``data`` importing ``report``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import hashlib
 import json
@@ -37,13 +41,13 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 from omegaconf import OmegaConf
 
-from . import __version__
 from .config import config_hash, load_config, save_config, to_dict
 from .data.prepare import PrepareConfig
 from .errors import InputError, atomic_path
 from .runtime import MemoryWatch, peak_memory_mb
 from .student.config import StudentConfig
-from .teacher.config import TeacherConfig
+from .teacher.config import TeacherConfig, check_choices
+from .version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +171,7 @@ class Pipeline:
         return self.input_path if self.input_path is not None else self.dirs["simulate"] / "session.nwb"
 
     def _simulate(self, resume: bool) -> None:
-        from .data.simulate import simulate_to_nwb
+        from .synthetic.simulate import simulate_to_nwb
 
         s = self.cfg.simulate
         self.dirs["simulate"].mkdir(parents=True, exist_ok=True)
@@ -181,8 +185,10 @@ class Pipeline:
 
     def _prepare(self, resume: bool) -> None:
         from .data.prepare import prepare
+        from .report.qc_figure import plot_qc
 
-        prepare(self.nwb_path, self.dirs["prepare"], self.cfg.prepare, states_from=self.cfg.states_from)
+        prepare(self.nwb_path, self.dirs["prepare"], self.cfg.prepare, states_from=self.cfg.states_from,
+                draw_qc=plot_qc)
 
     def _state_overrides(self) -> dict:
         """The cross-state experiment's keywords for teach/distill (none when training and scoring on all states)."""
@@ -294,6 +300,7 @@ def run(out: str | Path, cfg: RunConfig | None = None, input_path: str | Path | 
     cfg = cfg or RunConfig()
     out = Path(out)
     ipath = None if input_path is None else Path(input_path)
+    check_choices(cfg.teacher, prefix="teacher.")  # a bad combination fails now, not after simulate and prepare
     _check_run_dir(out, cfg, ipath, force)
     pipe = Pipeline(out, cfg, ipath, console=console)
     created = not out.exists()

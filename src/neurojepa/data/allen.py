@@ -31,10 +31,10 @@ Downloader design (:func:`download`)
     * Bytes go to ``<dest>.part`` (a fixed name, not :func:`~neurojepa.errors.atomic_path`'s random one, because
       a later run must find it to resume). Only a complete, size-checked file is renamed to ``dest``
       (``os.replace``, atomic on one file system), so the final name never holds a partial file.
-    * A dropped connection or a 5xx/408/429 answer is retried with exponential backoff; each retry resumes with
-      ``Range: bytes=<bytes on disk>-``. The retry budget counts consecutive failures *without progress*, so a
-      3 GB file survives many drops as long as each attempt moves forward. When the budget is spent the
-      ``.part`` file stays on disk and the next run resumes from it.
+    * A dropped connection or a 5xx/408/429 answer (:mod:`neurojepa.data.http`) is retried with exponential
+      backoff; each retry resumes with ``Range: bytes=<bytes on disk>-``. The retry budget counts consecutive
+      failures *without progress*, so a 3 GB file survives many drops as long as each attempt moves forward. When
+      the budget is spent the ``.part`` file stays on disk and the next run resumes from it.
     * A server that ignores Range (answers 200 instead of 206) restarts the file from zero; a 206 whose
       Content-Range does not start at the requested offset is treated the same way.
     * Size check: the bytes written must equal the Content-Length / Content-Range total, the HEAD size and
@@ -45,21 +45,19 @@ Downloader design (:func:`download`)
 from __future__ import annotations
 
 import ast
-import http.client
 import logging
 import os
 import re
 import time
 import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .. import __version__
 from ..errors import InputError
+from .http import CONTENT_RANGE, NETWORK_ERRORS, Retryable, reason, request
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +72,6 @@ REQUIRED_COLUMNS = ("ecephys_session_id", "genotype", "experience_level", "unit_
                     "abnormal_histology", "abnormal_activity")
 
 _CHUNK = 1 << 20  # bytes per read: large enough for throughput, small enough for a responsive progress bar
-_RETRY_STATUS = {408, 429, 500, 502, 503, 504}  # transient by HTTP semantics (S3 answers 503 "Slow Down")
-# What a dropped, refused or stalled connection looks like from urllib: IncompleteRead and friends
-# (HTTPException), and OSError for the rest (ConnectionError, socket timeouts, ssl.SSLError, URLError).
-_NETWORK_ERRORS = (http.client.HTTPException, OSError)
 
 
 # ------------------------------------------------------------------------------------------- locations
@@ -243,7 +237,7 @@ def download(url_or_key: str, dest: str | os.PathLike, *, expected_size: int | N
 
     try:
         head_size = _head_size(url, timeout=timeout, retries=retries, backoff=backoff)
-    except _Retryable as err:
+    except Retryable as err:
         if dest.is_file():
             # Offline: a file under the final name was size-checked before its rename, so reuse it.
             log.warning("%s: cannot reach the server (%s); using the cached file", dest, err.problem)
@@ -292,7 +286,7 @@ def _fetch_resuming(url: str, part: Path, total: int | None, *, retries: int, ba
             return None  # a previous run got every byte but stopped before the rename
         try:
             return _fetch_into(url, part, have, total, timeout=timeout, progress=progress)
-        except _Retryable as err:
+        except Retryable as err:
             now = part.stat().st_size if part.exists() else 0
             failures = 0 if now > have else failures + 1
             if failures > retries:
@@ -316,75 +310,42 @@ def download_sessions(ids: Iterable[int | str], cache: str | os.PathLike | None 
                      retries=retries, timeout=timeout) for s in sids]
 
 
-class _Retryable(Exception):
-    """A failure worth retrying: the connection dropped or stalled, or the server said 5xx/408/429."""
-
-    def __init__(self, problem: str):
-        super().__init__(problem)
-        self.problem = problem
-
-
-def _request(url: str, *, method: str = "GET", headers: dict[str, str] | None = None, timeout: float):
-    req = urllib.request.Request(url, method=method,
-                                 headers={"User-Agent": f"neurojepa/{__version__}", **(headers or {})})
-    try:
-        return urllib.request.urlopen(req, timeout=timeout)  # noqa: S310 - http(s) URLs chosen by the user
-    except urllib.error.HTTPError as err:
-        problem = f"HTTP {err.code} {err.reason}"
-        err.close()
-        if err.code in _RETRY_STATUS:
-            raise _Retryable(problem) from None
-        if err.code == 416:
-            raise  # Range Not Satisfiable: the caller decides
-        raise InputError(url, problem) from None
-    except _NETWORK_ERRORS as err:
-        raise _Retryable(f"connection failed: {_reason(err)}") from None
-
-
-def _reason(err: BaseException) -> str:
-    reason = getattr(err, "reason", None)
-    return str(reason or err) or type(err).__name__
-
-
 def _head_size(url: str, *, timeout: float, retries: int, backoff: float) -> int | None:
     """Size of the remote file in bytes from a HEAD request, or None when the server does not say.
 
-    Raises _Retryable when every attempt failed for a transient reason, InputError on other HTTP errors.
+    Raises Retryable when every attempt failed for a transient reason, InputError on other HTTP errors.
     """
     for attempt in range(retries + 1):
         try:
-            with _request(url, method="HEAD", timeout=timeout) as resp:
+            with request(url, method="HEAD", timeout=timeout) as resp:
                 length = resp.headers.get("Content-Length")
                 return int(length) if length is not None else None
         except urllib.error.HTTPError as err:  # only 416 reaches here, meaningless for HEAD
             raise InputError(url, f"HTTP {err.code} {err.reason}") from None
-        except _Retryable:
+        except Retryable:
             if attempt == retries:
                 raise
             time.sleep(backoff * 2 ** attempt)
     return None  # pragma: no cover - the loop always returns or raises
 
 
-_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
-
-
 def _fetch_into(url: str, part: Path, have: int, total: int | None, *, timeout: float,
                 progress: bool) -> int | None:
     """One GET, appending to ``part`` from byte ``have``; return the file's full size (None if unknown).
 
-    Raises _Retryable when the connection breaks; the bytes received so far stay in ``part``.
+    Raises Retryable when the connection breaks; the bytes received so far stay in ``part``.
     """
     headers = {"Range": f"bytes={have}-"} if have else {}
     try:
-        resp = _request(url, headers=headers, timeout=timeout)
+        resp = request(url, headers=headers, timeout=timeout)
     except urllib.error.HTTPError as err:  # 416: our offset is at or past the end of the remote file
         log.warning("%s: server refused range from byte %d (HTTP %d); starting over", url, have, err.code)
         part.unlink(missing_ok=True)
-        raise _Retryable(f"HTTP {err.code} {err.reason}") from None
+        raise Retryable(f"HTTP {err.code} {err.reason}") from None
     with resp:
         start, full = 0, None
         if resp.status == 206:
-            m = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
+            m = CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
             if m and int(m.group(1)) == have:
                 start = have
                 full = int(m.group(3)) if m.group(3) != "*" else total
@@ -392,7 +353,7 @@ def _fetch_into(url: str, part: Path, have: int, total: int | None, *, timeout: 
                 # A range we did not ask for: keep nothing of it, start the file over.
                 log.warning("%s: unexpected Content-Range %r; starting over", url, resp.headers.get("Content-Range"))
                 part.unlink(missing_ok=True)
-                raise _Retryable("unexpected Content-Range")
+                raise Retryable("unexpected Content-Range")
         else:
             if have:
                 log.warning("%s: server ignored the Range request; restarting from byte 0", url)
@@ -407,8 +368,8 @@ def _fetch_into(url: str, part: Path, have: int, total: int | None, *, timeout: 
                 while True:
                     try:
                         chunk = resp.read(_CHUNK)
-                    except _NETWORK_ERRORS as err:
-                        raise _Retryable(f"connection dropped at byte {written}: {_reason(err)}") from None
+                    except NETWORK_ERRORS as err:
+                        raise Retryable(f"connection dropped at byte {written}: {reason(err)}") from None
                     if not chunk:
                         break
                     fh.write(chunk)
@@ -418,7 +379,7 @@ def _fetch_into(url: str, part: Path, have: int, total: int | None, *, timeout: 
             bar.close()
     if full is not None and written < full:
         # http.client's read(n) returns b'' when the peer closes early, even under Content-Length: a drop.
-        raise _Retryable(f"connection closed at byte {written} of {full}")
+        raise Retryable(f"connection closed at byte {written} of {full}")
     return full
 
 

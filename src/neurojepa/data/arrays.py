@@ -19,7 +19,8 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
-from .dataset import SPLITS, split_segments
+from .dataset import SPLITS
+from .intervals import Intervals
 from .prepare import PrepareConfig, assign_splits
 
 
@@ -62,7 +63,7 @@ class ArraySession:
     states: (n_bins,) state names (None: one state ``"all"``); split: (n_bins,) of "train"/"val"/"test"/"" (None:
     dealt by :func:`deal_splits`); gt_latents: (n_bins, D) true latents if known (scored as ``gt_r2``)."""
 
-    def __init__(self, counts, bin_size: float = 0.01, states=None, split=None, gt_latents=None,
+    def __init__(self, counts, bin_size: float = PrepareConfig.bin_size, states=None, split=None, gt_latents=None,
                  splits: SplitConfig | None = None, t_start: float = 0.0):
         self._counts = check_counts(counts)
         self.n_bins, self.n_units = self._counts.shape
@@ -97,9 +98,9 @@ class ArraySession:
         """(n_bins,) float64 left edges (s)."""
         return self.t_start + np.arange(self.n_bins) * self.bin_size
 
-    def segments(self, split: str, states=None) -> list[tuple[int, int]]:
+    def segments(self, split: str, states=None) -> Intervals:
         """Maximal [start, stop) bin runs of one split inside one state (optionally only ``states``)."""
-        return split_segments(self.split, self.labels["state"].to_numpy(), split, states)
+        return Intervals.of_split(self.split, self.labels["state"].to_numpy(), split, states)
 
     def __repr__(self) -> str:
         return f"ArraySession({self.n_bins} bins x {self.n_units} units, bin {self.bin_size * 1e3:g} ms)"

@@ -39,6 +39,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..errors import InputError
+from .session import BIN_SIZE as DEFAULT_BIN_SIZE
 from .session import SpikeTrains
 
 try:  # numba is a core dependency; the guard only keeps the numpy path usable without it
@@ -50,7 +51,6 @@ except ImportError:  # pragma: no cover
     _njit = None
 
 _U16_MAX = np.iinfo(np.uint16).max
-DEFAULT_BIN_SIZE = 0.01  # s
 
 
 # ------------------------------------------------------------------------------------------------ edges

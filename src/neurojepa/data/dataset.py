@@ -10,9 +10,9 @@
     provenance.json  input sha256, code version, time
     qc.png           the QC figure
 
-:class:`PreparedSession` opens it lazily (counts stay in the file until :meth:`PreparedSession.load_counts`).
-:class:`WindowDataset` cuts fixed-length windows inside one split, never across a segment boundary (a change of
-split or state), and :class:`SpikeDataModule` wraps train/val/test loaders.
+:class:`PreparedSession` opens it lazily (counts stay in the file until :meth:`PreparedSession.load_counts`);
+``segments(split, states)`` gives the :class:`~neurojepa.data.intervals.Intervals` windows may lie in, and
+:mod:`~neurojepa.data.windows` cuts the windows the models train on.
 
 Tables in the HDF5 file: one dataset per column; text columns are stored as int32 codes with a ``categories``
 attribute (JSON list), which keeps a 1e6-bin label column small and fast to read.
@@ -23,13 +23,14 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Protocol, Sequence
 
 import h5py
 import numpy as np
 import pandas as pd
 
 from ..errors import InputError
+from .intervals import Intervals
 
 SPLITS = ("", "train", "val", "test")  # code 0 = excluded from every split
 FORMAT_VERSION = 1
@@ -71,24 +72,23 @@ def read_table(group: h5py.Group) -> pd.DataFrame:
     return df.set_index(index) if index else df
 
 
-def segments_of(mask: np.ndarray, states: np.ndarray) -> list[tuple[int, int]]:
-    """Maximal [start, stop) runs of True in ``mask`` (n,) that also do not change ``states`` (n,)."""
-    mask = np.asarray(mask, dtype=bool)
-    if not mask.any():
-        return []
-    cut = np.flatnonzero((mask[1:] != mask[:-1]) | (states[1:] != states[:-1])) + 1
-    bounds = np.concatenate([[0], cut, [len(mask)]])
-    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if mask[a]]
+# ----------------------------------------------------------------------------------------- the session interface
+class BinnedSession(Protocol):
+    """What the teacher, the student and their evaluation read of a binned session: a prepared directory
+    (:class:`PreparedSession`) and counts handed in as arrays (:class:`~neurojepa.data.arrays.ArraySession`, and
+    the toys built on it) both provide exactly this, so downstream code has one path and no duck typing."""
 
+    bin_size: float            # s
+    t_start: float             # s, left edge of bin 0
+    n_bins: int
+    n_units: int
+    split: np.ndarray          # (n_bins,) "train" / "val" / "test" / ""
+    labels: pd.DataFrame       # n_bins rows; at least "state"
+    gt_latents: np.ndarray | None
 
-def split_segments(split: np.ndarray, state: np.ndarray, name: str, states=None) -> list[tuple[int, int]]:
-    """Maximal [start, stop) bin runs of split ``name`` inside one state (optionally only ``states``).
-
-    split, state: (n_bins,) per-bin split names and state names; the ``segments`` of every session type."""
-    mask = np.asarray(split) == name
-    if states is not None:
-        mask &= np.isin(state, list(states))
-    return segments_of(mask, state)
+    def load_counts(self) -> np.ndarray: ...
+    def bin_times(self) -> np.ndarray: ...
+    def segments(self, split: str, states: Sequence[str] | None = None) -> Intervals: ...
 
 
 # ------------------------------------------------------------------------------------------- prepared session
@@ -156,11 +156,11 @@ class PreparedSession:
         """(n_bins,) float64 left edges (s): ``t_start + k * bin_size``."""
         return self.t_start + np.arange(self.n_bins) * self.bin_size
 
-    def segments(self, split: str, states: Sequence[str] | None = None) -> list[tuple[int, int]]:
+    def segments(self, split: str, states: Sequence[str] | None = None) -> Intervals:
         """Maximal [start, stop) bin runs of one split inside one state (optionally only ``states``)."""
         if split not in SPLITS[1:]:
             raise InputError("split", f"unknown split '{split}' (choose from train, val, test)")
-        return split_segments(self.split, self.labels["state"].to_numpy(), split, states)
+        return Intervals.of_split(self.split, self.labels["state"].to_numpy(), split, states)
 
     def close(self) -> None:
         if self._h5 is not None:
@@ -176,106 +176,3 @@ def _read_yaml(path: Path) -> dict:
     from omegaconf import OmegaConf
 
     return OmegaConf.to_container(OmegaConf.load(path)) if path.is_file() else {}  # type: ignore[return-value]
-
-
-# ------------------------------------------------------------------------------------------------ torch views
-# torch and lightning are imported only when these views are used: `prepare` and the report import this module
-# and should not pay ~0.5 GB and seconds of import for them.
-
-
-class WindowDataset:
-    """Fixed-length count windows inside one split: a map-style PyTorch dataset (``len`` and ``[i]``).
-
-    item: ``dict(counts=(window, n_units) float32 tensor, start=int bin index, state=str)`` plus
-    ``gt_latents=(window, D) float32`` when the session has ground truth. Windows start every ``stride`` bins from
-    the start of each segment and never straddle a segment boundary; a segment shorter than ``window`` gives none.
-    ``preload``: read all counts into memory once (default: when they take under 1 GB); otherwise each item reads
-    its rows from the HDF5 file.
-    """
-
-    def __init__(self, ps: PreparedSession, split: str = "train", window: int = 64, stride: int = 16,
-                 states: Sequence[str] | None = None, preload: bool | None = None):
-        if window < 1 or stride < 1:
-            raise InputError("window", f"window ({window}) and stride ({stride}) must be >= 1")
-        self.ps, self.split, self.window, self.stride = ps, split, int(window), int(stride)
-        self.segments = ps.segments(split, states)
-        starts = [np.arange(a, b - self.window + 1, self.stride) for a, b in self.segments]
-        self.starts = np.concatenate(starts).astype(np.int64) if starts else np.zeros(0, np.int64)
-        self._state = ps.labels["state"].to_numpy()
-        if preload is None:
-            preload = ps.n_bins * ps.n_units * ps.counts.dtype.itemsize < 2**30
-        self._counts = ps.load_counts() if preload else None
-        self._has_gt = "gt_latents" in ps.h5
-        self._gt = ps.gt_latents if preload and self._has_gt else None
-
-    def __len__(self) -> int:
-        return len(self.starts)
-
-    def __getitem__(self, i: int) -> dict:
-        import torch
-
-        if not -len(self) <= i < len(self):
-            raise IndexError(i)
-        s = int(self.starts[i])
-        e = s + self.window
-        counts = self._counts[s:e] if self._counts is not None else self.ps.counts[s:e]
-        item = {"counts": torch.from_numpy(counts.astype(np.float32)), "start": s, "state": str(self._state[s])}
-        if self._has_gt:
-            gt = self._gt[s:e] if self._gt is not None else self.ps.h5["gt_latents"][s:e]
-            item["gt_latents"] = torch.from_numpy(np.asarray(gt, dtype=np.float32))
-        return item
-
-
-def _make_datamodule_class():
-    import lightning.pytorch as pl
-    import torch
-    from torch.utils.data import DataLoader
-
-    class SpikeDataModule(pl.LightningDataModule):
-        """train/val/test loaders of :class:`WindowDataset` over one prepared directory.
-
-        The train loader shuffles with a generator seeded by ``seed`` (same order on every run); val/test keep
-        time order. Batches: ``counts`` (batch, window, n_units) float32, ``start`` (batch,) int64, ``state`` list.
-        """
-
-        def __init__(self, path: str | os.PathLike, window: int = 64, stride: int = 16, batch_size: int = 64,
-                     states: Sequence[str] | None = None, seed: int = 0, num_workers: int = 0):
-            super().__init__()
-            self.path, self.window, self.stride = Path(path), window, stride
-            self.batch_size, self.states, self.seed, self.num_workers = batch_size, states, seed, num_workers
-            self.ps: PreparedSession | None = None
-            self.datasets: dict[str, WindowDataset] = {}
-
-        def setup(self, stage: str | None = None) -> None:
-            if self.ps is None:
-                self.ps = PreparedSession.load(self.path)
-            for split in ("train", "val", "test"):
-                if split not in self.datasets:
-                    self.datasets[split] = WindowDataset(self.ps, split, self.window, self.stride, self.states)
-
-        def _loader(self, split: str, shuffle: bool) -> DataLoader:
-            self.setup()
-            gen = torch.Generator().manual_seed(self.seed) if shuffle else None
-            return DataLoader(self.datasets[split], batch_size=self.batch_size, shuffle=shuffle, generator=gen,
-                              num_workers=self.num_workers)
-
-        def train_dataloader(self) -> DataLoader:
-            return self._loader("train", True)
-
-        def val_dataloader(self) -> DataLoader:
-            return self._loader("val", False)
-
-        def test_dataloader(self) -> DataLoader:
-            return self._loader("test", False)
-
-    SpikeDataModule.__module__ = __name__
-    return SpikeDataModule
-
-
-def __getattr__(name: str):
-    """``SpikeDataModule`` is built on first access (PEP 562), so importing this module does not import lightning."""
-    if name == "SpikeDataModule":
-        cls = _make_datamodule_class()
-        globals()[name] = cls
-        return cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -13,6 +13,9 @@ shared between tasks, so a session is the unit of parallelism and of failure. De
   the others; a worker that dies (segfault, out of memory) is reported the same way from the future. ``prepare``
   writes through ``atomic_path``, so a failed session leaves nothing under ``out_root``.
 - **Progress**: a rich bar over completed sessions (on a terminal only).
+- **QC figure**: ``draw_qc`` (e.g. :func:`neurojepa.report.qc_figure.plot_qc`, passed by the CLI) goes with each
+  task to :func:`~neurojepa.data.prepare.prepare`, which draws ``qc.png`` inside its atomic directory; this module,
+  like all of :mod:`neurojepa.data`, does not depend on the report layer. It must pickle (a module-level function).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import InputError
-from .prepare import PrepareConfig, prepare, validate
+from .prepare import PrepareConfig, QCFigure, prepare, validate
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +52,11 @@ def _error_line(err: BaseException) -> str:
     return str(err) if isinstance(err, InputError) else f"{type(err).__name__}: {err}"
 
 
-def _prepare_one(inp: str, out: str, cfg: PrepareConfig, states_from: str | None) -> tuple[bool, str]:
+def _prepare_one(inp: str, out: str, cfg: PrepareConfig, states_from: str | None,
+                 draw_qc: QCFigure | None = None) -> tuple[bool, str]:
     """One Dask task: ``(True, out_dir)`` or ``(False, error line)``; never raises (see the module docstring)."""
     try:
-        return True, str(prepare(inp, out, cfg, states_from=states_from))
+        return True, str(prepare(inp, out, cfg, states_from=states_from, draw_qc=draw_qc))
     except Exception as err:  # noqa: BLE001 - any failure of one session is reported, the others go on
         return False, _error_line(err)
 
@@ -79,11 +83,12 @@ def _progress(total: int):
 
 def prepare_many(inputs: Sequence[str | os.PathLike], out_root: str | os.PathLike, cfg: PrepareConfig | None = None,
                  *, workers: int | None = None, scheduler: str | None = None,
-                 states_from: str | None = None) -> dict[str, Path | str]:
+                 states_from: str | None = None, draw_qc: QCFigure | None = None) -> dict[str, Path | str]:
     """Prepare every input into ``out_root/<stem>/``, in parallel on Dask (see the module docstring).
 
     workers: number of local worker processes; scheduler: address of an existing Dask scheduler (wins over
-    ``workers``); neither: sequential in this process. Returns ``{input (as given, str): out dir (Path) or error
+    ``workers``); neither: sequential in this process. draw_qc: draws each session's ``qc.png`` (see
+    :func:`neurojepa.data.prepare.prepare_session`). Returns ``{input (as given, str): out dir (Path) or error
     line (str)}`` in input order. Raises :class:`InputError` before any work for bad options, no inputs, clashing
     output names, ``workers < 1`` or an unreachable scheduler; a failing session never raises.
     """
@@ -106,14 +111,15 @@ def prepare_many(inputs: Sequence[str | os.PathLike], out_root: str | os.PathLik
         task = bar.add_task("prepare", total=len(outs))
         if workers is None and scheduler is None:
             for inp, out in outs.items():
-                record(inp, *_prepare_one(inp, str(out), cfg, states_from), bar)
+                record(inp, *_prepare_one(inp, str(out), cfg, states_from, draw_qc), bar)
         else:
             from distributed import as_completed
 
             client, cluster = _client(workers, scheduler)
             try:
                 # pure=False: a rerun after fixing a file must run again, not reuse a cached result
-                futures = {client.submit(_prepare_one, inp, str(out), cfg, states_from, pure=False, retries=0): inp
+                futures = {client.submit(_prepare_one, inp, str(out), cfg, states_from, draw_qc, pure=False,
+                                         retries=0): inp
                            for inp, out in outs.items()}
                 for fut in as_completed(futures):
                     try:

@@ -19,9 +19,17 @@ Steps (all inside one temporary directory renamed into place at the end, so a fa
    :func:`~neurojepa.data.binning.iter_binned`) into a chunked, gzip-compressed ``uint8`` HDF5 dataset (``uint16``
    when a bin could exceed 255 spikes: bins over 0.25 s, or if one actually does). Ground-truth latents per bin
    (the sample at each bin centre) are written the same way.
-5. **Checks and report**: :mod:`neurojepa.data.checks`, ``qc.json``, ``qc.png``, ``config.yaml``,
-   ``provenance.json`` (input sha256 streamed in 1 MB blocks, or for a URL the server's size, ETag and
-   Last-Modified; package version + git commit).
+5. **Checks and report**: :mod:`neurojepa.data.checks`, ``qc.json``, ``config.yaml``, ``provenance.json`` (input
+   sha256 streamed in 1 MB blocks, or for a URL the server's size, ETag and Last-Modified; package version + git
+   commit), and ``qc.png`` when the caller passes ``draw_qc``.
+
+The QC figure: this module writes data only and imports nothing above :mod:`neurojepa.data` (imports flow one way,
+data <- teacher/student <- report <- pipeline <- cli/api). The figure is drawn by the report layer
+(:func:`neurojepa.report.qc_figure.plot_qc`), which the callers above pass in as ``draw_qc(prepared_dir, png)``
+(the CLI's ``prepare``, the pipeline's prepare stage, :func:`neurojepa.data.parallel.prepare_many`). It runs inside
+the temporary directory, after every data file is written and before the rename, so ``qc.png`` is part of the
+atomic result exactly as the data files are. ``figure=false`` (:class:`PrepareConfig`) switches it off; without
+``draw_qc`` no figure is drawn.
 """
 
 from __future__ import annotations
@@ -35,27 +43,32 @@ import subprocess
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import h5py
 import numpy as np
 import pandas as pd
 
-from .. import __version__
-from ..config import config_hash, save_config, to_dict
+from ..config import config_hash, save_config
 from ..errors import InputError, atomic_path
+from ..version import __version__
 from .checks import CheckConfig, check_block_timing, check_rates, check_silent_gaps, check_spike_times
-from .dataset import FORMAT_VERSION, SPLITS, segments_of, write_table
+from .dataset import FORMAT_VERSION, SPLITS, write_table
+from .intervals import Intervals
 from .qc import QCConfig, select_units
+from .session import BIN_SIZE
 
 log = logging.getLogger(__name__)
+
+# draw_qc(prepared_dir, png_path): draws the QC figure of the prepared files in prepared_dir into png_path
+QCFigure = Callable[[Path, Path], object]
 
 
 @dataclass
 class PrepareConfig:
     """Options of ``neurojepa prepare`` (YAML file and/or ``key=value`` overrides, e.g. ``qc.min_rate_hz=0.5``)."""
 
-    bin_size: float = 0.01  # s (10 ms)
+    bin_size: float = BIN_SIZE  # s (10 ms)
     t_start: Optional[float] = None  # s; default: start of the recording
     t_stop: Optional[float] = None  # s; default: end of the recording
     states: Optional[list[str]] = None  # default: every state that has bins
@@ -102,7 +115,7 @@ def assign_splits(state: np.ndarray, selected: np.ndarray, bin_size: float, bloc
     blocks: list[dict] = []
     block_bins = max(1, int(round(block_s / bin_size)))
     for s in dict.fromkeys(state[selected].tolist()):
-        runs = segments_of(selected & (state == s), state)
+        runs = Intervals.runs(selected & (state == s), state)
         cuts = [(a0, min(a0 + block_bins, b)) for a, b in runs for a0 in range(a, b, block_bins)]
         n = len(cuts)
         n_val, n_test = int(round(fractions[1] * n)), int(round(fractions[2] * n))
@@ -237,10 +250,11 @@ def _summary(qc: dict) -> str:
 
 
 def prepare_session(session, out_dir: str | Path, cfg: PrepareConfig | None = None, *,
-                    input_path: str | Path | None = None) -> Path:
+                    input_path: str | Path | None = None, draw_qc: QCFigure | None = None) -> Path:
     """Write the prepared dataset of an open :class:`~neurojepa.data.session.Session` to ``out_dir`` (atomically).
 
-    input_path: the file the session came from (hashed into provenance.json). Returns ``out_dir``.
+    input_path: the file the session came from (hashed into provenance.json). draw_qc: draws ``qc.png`` when
+    ``cfg.figure`` (e.g. :func:`neurojepa.report.qc_figure.plot_qc`; see the module docstring). Returns ``out_dir``.
     """
     cfg = cfg or PrepareConfig()
     validate(cfg)
@@ -322,10 +336,8 @@ def prepare_session(session, out_dir: str | Path, cfg: PrepareConfig | None = No
             "versions": _versions(),
         }
         (tmp / "provenance.json").write_text(json.dumps(prov, indent=1))
-        if cfg.figure:
-            from ..report.qc_figure import plot_qc
-
-            plot_qc(tmp, tmp / "qc.png")
+        if cfg.figure and draw_qc is not None:
+            draw_qc(tmp, tmp / "qc.png")
     return out_dir
 
 
@@ -355,9 +367,9 @@ def _json_default(o):
 
 
 def prepare(input_path: str | Path, out_dir: str | Path, cfg: PrepareConfig | None = None,
-            states_from: str | None = None) -> Path:
+            states_from: str | None = None, *, draw_qc: QCFigure | None = None) -> Path:
     """Prepare one NWB recording (a local file or an https/http/s3 URL, read in place): QC, binning, labels,
-    splits, report. Returns ``out_dir``.
+    splits, checks; ``qc.png`` through ``draw_qc`` (see :func:`prepare_session`). Returns ``out_dir``.
 
     Raises InputError (nothing written) for an unreadable file, bad options, no unit left after QC, a requested
     state without bins or an empty time range.
@@ -368,7 +380,7 @@ def prepare(input_path: str | Path, out_dir: str | Path, cfg: PrepareConfig | No
     validate(cfg)  # before opening a 3 GB file
     session = open_session(input_path, states_from=states_from)
     try:
-        return prepare_session(session, out_dir, cfg, input_path=input_path)
+        return prepare_session(session, out_dir, cfg, input_path=input_path, draw_qc=draw_qc)
     finally:
         close = getattr(session, "close", None)
         if callable(close):

@@ -16,7 +16,7 @@ judged by the same numbers:
 
 Allen's defaults: ``isi_threshold = 1.5 ms``, ``min_isi = 0.166 ms`` (one sample at 30 kHz would be 0.033 ms; the
 pipeline uses the Kilosort template-overlap limit). ``amplitude_cutoff`` needs spike amplitudes and is therefore not
-computed here (the simulator draws it, see :mod:`neurojepa.data.simulate`).
+computed here (the simulator draws it, see :mod:`neurojepa.synthetic.simulate`).
 """
 
 from __future__ import annotations

@@ -2,10 +2,10 @@
 
 ``neurojepa inspect URL`` needs the Units index and a few small tables of a 2-3 GB VBN file; ``prepare URL`` needs
 the spike times too, but never the waveforms, amplitudes or LFP beside them. :class:`RemoteFile` lets h5py ask for
-exactly the bytes it wants: each read becomes ``GET`` with ``Range: bytes=a-b`` (standard library ``urllib``, like
-:mod:`neurojepa.data.allen`; no extra dependency, no event loop), in whole blocks of :data:`BLOCK_SIZE` bytes so the
-many small reads of HDF5 metadata share requests. Blocks are kept in an LRU cache of :data:`CACHE_BYTES`; a read
-that misses several consecutive blocks fetches them in one request.
+exactly the bytes it wants: each read becomes ``GET`` with ``Range: bytes=a-b`` (standard library ``urllib``
+through :mod:`neurojepa.data.http`, like :mod:`neurojepa.data.allen`; no extra dependency, no event loop), in whole
+blocks of :data:`BLOCK_SIZE` bytes so the many small reads of HDF5 metadata share requests. Blocks are kept in an LRU
+cache of :data:`CACHE_BYTES`; a read that misses several consecutive blocks fetches them in one request.
 
 URLs: ``https://`` and ``http://`` as they are; ``s3://BUCKET/KEY`` over https
 (:func:`neurojepa.data.allen.https_url`: the public Allen VBN bucket maps to its https endpoint).
@@ -29,7 +29,8 @@ from collections import OrderedDict
 import h5py
 
 from ..errors import InputError
-from .allen import _CONTENT_RANGE, _NETWORK_ERRORS, _request, _Retryable, https_url
+from .allen import https_url
+from .http import CONTENT_RANGE, NETWORK_ERRORS, Retryable, request
 
 BLOCK_SIZE = 64 * 1024  # bytes per block: HDF5 object headers and B-tree nodes are a few hundred bytes to a few KB
 CACHE_BYTES = 256 * 1024 * 1024  # LRU cache of blocks (a whole small file, or the hot metadata of a large one)
@@ -101,7 +102,7 @@ class RemoteFile(io.RawIOBase):
         for attempt in range(RETRIES + 1):
             try:
                 return self._get_once(start, stop, probe)
-            except _Retryable as err:
+            except Retryable as err:
                 if attempt == RETRIES:
                     raise InputError(self.name, f"unreachable ({err.problem})") from None
                 time.sleep(BACKOFF_S * 2 ** attempt)
@@ -109,7 +110,7 @@ class RemoteFile(io.RawIOBase):
 
     def _get_once(self, start: int, stop: int, probe: bool) -> bytes:
         try:
-            resp = _request(self.url, headers={"Range": f"bytes={start}-{stop - 1}"}, timeout=TIMEOUT_S)
+            resp = request(self.url, headers={"Range": f"bytes={start}-{stop - 1}"}, timeout=TIMEOUT_S)
         except InputError as err:
             raise InputError(self.name, err.problem) from None  # an HTTP error status, named by the URL given
         except urllib.error.HTTPError as err:  # 416: a range past the end (an empty file on the probe)
@@ -119,7 +120,7 @@ class RemoteFile(io.RawIOBase):
             if resp.status != 206:
                 raise InputError(self.name, f"the server does not serve byte ranges (HTTP {resp.status} to a Range "
                                             "request), so the file cannot be read in place; download it first")
-            m = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
+            m = CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
             if not m or int(m.group(1)) != start or (probe and m.group(3) == "*"):
                 raise InputError(self.name, f"unexpected Content-Range {resp.headers.get('Content-Range')!r}")
             if probe:
@@ -128,10 +129,10 @@ class RemoteFile(io.RawIOBase):
                 stop = min(stop, self.size)
             try:
                 body = resp.read()
-            except _NETWORK_ERRORS as err:
-                raise _Retryable(f"connection dropped: {err}") from None
+            except NETWORK_ERRORS as err:
+                raise Retryable(f"connection dropped: {err}") from None
         if len(body) != stop - start:
-            raise _Retryable(f"got {len(body)} of {stop - start} bytes")
+            raise Retryable(f"got {len(body)} of {stop - start} bytes")
         self.bytes_read += len(body)
         return body
 

@@ -32,6 +32,7 @@ from typing import Protocol, Sequence, runtime_checkable
 import numpy as np
 import pandas as pd
 
+BIN_SIZE = 0.01  # s: the default bin width of binned counts (prepare, arrays handed in, the binning kernels)
 STATE_ACTIVE = "active"
 STATE_PASSIVE = "passive"
 STATE_ALL = "all"
@@ -147,7 +148,7 @@ class GroundTruth:
     Arrays loaded on first use: ``latents`` (T, D) float32 sampled at ``latent_t0 + k * latent_dt``;
     ``loadings`` (n_units, D) float32, ``baseline_hz`` (n_units,), ``state_gain`` and ``state_offset``
     ({state: (n_units,)}) and ``state_remix`` ({state: (n_units, D)}) describe the population code,
-    see :mod:`neurojepa.data.simulate` for the rate equation.
+    see :mod:`neurojepa.synthetic.simulate` for the rate equation.
     """
 
     def __init__(self, loader, *, latent_dt: float, latent_t0: float, n_latents: int, unit_ids: np.ndarray):

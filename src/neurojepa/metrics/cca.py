@@ -4,6 +4,7 @@ Canonical correlations are the singular values of ``Cxx^-1/2 Cxy Cyy^-1/2`` (RES
 any invertible linear map of either side, so they compare a student readout with teacher latents without caring
 about rotation or scale. We whiten with a Cholesky factor of each ridged covariance (any square root gives the same
 singular values) in float64; the ridge ``ridge * trace(C)/p * I`` keeps tiny-variance directions from dominating.
+Every function takes the ridge from its caller (the student's ``ridge`` option): there is no second default here.
 
 In-sample CCA is strongly inflated when dimensions are many (independent noise gives large values), so the success
 measure is :func:`heldout_cca`: directions fit on training blocks, correlations measured on test blocks; and
@@ -20,8 +21,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
-DEFAULT_RIDGE = 1e-4
 
 
 def _centred(a: np.ndarray) -> np.ndarray:
@@ -56,7 +55,7 @@ class CCAFit:
         return (np.asarray(x, np.float64) - self.mean_x) @ self.wx, (np.asarray(y, np.float64) - self.mean_y) @ self.wy
 
 
-def fit_cca(x: np.ndarray, y: np.ndarray, ridge: float = DEFAULT_RIDGE) -> CCAFit:
+def fit_cca(x: np.ndarray, y: np.ndarray, ridge: float) -> CCAFit:
     """Fit CCA. x: (n, p), y: (n, q) with the same n samples (time bins)."""
     xc, yc = _centred(x), _centred(y)
     if len(xc) != len(yc):
@@ -72,7 +71,7 @@ def fit_cca(x: np.ndarray, y: np.ndarray, ridge: float = DEFAULT_RIDGE) -> CCAFi
     return CCAFit(np.asarray(x, np.float64).mean(0), np.asarray(y, np.float64).mean(0), wx, wy, np.clip(s, 0.0, 1.0))
 
 
-def canonical_correlations(x: np.ndarray, y: np.ndarray, ridge: float = DEFAULT_RIDGE) -> np.ndarray:
+def canonical_correlations(x: np.ndarray, y: np.ndarray, ridge: float) -> np.ndarray:
     """In-sample canonical correlations, (min(p, q),) descending. x: (n, p), y: (n, q)."""
     return fit_cca(x, y, ridge).corr
 
@@ -87,7 +86,7 @@ def _columnwise_corr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def heldout_cca(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
-                ridge: float = DEFAULT_RIDGE) -> np.ndarray:
+                ridge: float) -> np.ndarray:
     """Held-out canonical correlations, (k,): directions fit on (x_train, y_train), Pearson correlation of each pair of
     canonical variates on (x_test, y_test). Ordered as the training components (not re-sorted)."""
     fit = fit_cca(x_train, y_train, ridge)
@@ -103,7 +102,7 @@ def circular_shift(y: np.ndarray, rng: np.random.Generator, min_frac: float = 0.
 
 
 def null_heldout_cca(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
-                     ridge: float = DEFAULT_RIDGE, seed: int = 0, n_shuffles: int = 3) -> np.ndarray:
+                     ridge: float, seed: int, n_shuffles: int = 3) -> np.ndarray:
     """Held-out CCA against time-shifted y (independent shifts for train and test), averaged over shuffles, (k,)."""
     rng = np.random.default_rng(seed)
     out = [heldout_cca(x_train, circular_shift(y_train, rng), x_test, circular_shift(y_test, rng), ridge)
@@ -111,7 +110,7 @@ def null_heldout_cca(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarra
     return np.mean(out, axis=0)
 
 
-def cca_loss(x, y, ridge: float = DEFAULT_RIDGE):
+def cca_loss(x, y, ridge: float):
     """Differentiable CCA loss: minus the sum of canonical correlations (torch, computed in float64).
 
     x: (n, p) tensor, y: (n, q) tensor (y may be a constant target). Returns a 0-d float64 tensor in [-min(p, q), 0].

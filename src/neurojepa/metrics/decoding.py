@@ -114,16 +114,19 @@ def compare_states(state: np.ndarray) -> list[str]:
     return ["active", "passive"] if {"active", "passive"} <= set(present) else present
 
 
-def decoding_report(z: np.ndarray, labels, split: np.ndarray, bin_size: float, window_ms: float = 250.0,
+def decoding_report(z: np.ndarray, labels, split: np.ndarray, bin_size: float, window_ms: float,
                     seed: int = 0, train_states: list[str] | None = None, test_states: list[str] | None = None
                     ) -> dict:
     """Within-state (train blocks -> test blocks) and cross-state (one state's train -> other's test) decoding.
 
     With ``train_states``: "within" only for those states, "cross" only from them to ``test_states`` (default:
-    every state compared).
+    every state compared). window_ms: each flash's features are the mean of z over this window after its onset
+    (the caller's setting; the teacher's ``eval.flash_window_ms``).
 
-    z: (n_bins, D). Returns {"within": {state: {task: decode()}}, "cross": {"A->B": {task: decode()}}}; only the
-    metrics (balanced_accuracy, chance, accuracy, chance_accuracy, n_train, n_test, n_classes) are kept.
+    z: (n_bins, D). Returns {"within": {state: {task: decode()}}, "cross": {"A->B": {task: decode()}},
+    "flash_window_ms": window_ms} (the window travels with the results, so a second model can be decoded on the same
+    one); only the metrics (balanced_accuracy, chance, accuracy, chance_accuracy, n_train, n_test, n_classes) are
+    kept. Empty ({}) when labels carry no flashes.
     """
     if "time_since_flash" not in labels or labels["time_since_flash"].isna().all():
         return {}
@@ -134,7 +137,7 @@ def decoding_report(z: np.ndarray, labels, split: np.ndarray, bin_size: float, w
     states = compare_states(fstate)
     sources = list(train_states) if train_states else states
     targets = list(test_states) if test_states else states
-    out: dict = {"within": {}, "cross": {}}
+    out: dict = {"within": {}, "cross": {}, "flash_window_ms": float(window_ms)}
     for task, (rows, y) in _decoding_tasks(labels, onsets, bin_size).items():
         st, sp, x = fstate[rows], fsplit[rows], feats[rows]
         for a in sources:

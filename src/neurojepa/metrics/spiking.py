@@ -83,15 +83,14 @@ def fano_factor(spikes: np.ndarray, window_steps: int) -> np.ndarray:
         return np.where(mean > 0, c.var(0, ddof=1) / mean, np.nan)
 
 
-def silent_saturated(rates_hz: np.ndarray, silent_below_hz: float = 0.5,
-                     saturated_above_hz: float = 100.0) -> tuple[int, int]:
+def silent_saturated(rates_hz: np.ndarray, silent_below_hz: float, saturated_above_hz: float) -> tuple[int, int]:
     """Numbers of silent (rate < silent_below_hz) and saturated (rate > saturated_above_hz) neurons."""
     r = np.asarray(rates_hz)
     return int((r < silent_below_hz).sum()), int((r > saturated_above_hz).sum())
 
 
-def frac_in_band(rates_hz: np.ndarray, low: float = 5.0, high: float = 20.0) -> float:
-    """Fraction of neurons with low <= rate <= high (Hz)."""
+def frac_in_band(rates_hz: np.ndarray, low: float, high: float) -> float:
+    """Fraction of neurons with low <= rate <= high (Hz); the band is the caller's (the student's config)."""
     r = np.asarray(rates_hz)
     return float(((r >= low) & (r <= high)).mean())
 

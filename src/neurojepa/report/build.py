@@ -36,7 +36,7 @@ import numpy as np
 from ..errors import InputError, atomic_path
 from . import figures as F
 from .html import Section, figure_img, not_available, page, paragraph, png_img, preformatted, row, table
-from .targets import NA, PASS, dig, evaluate_targets, number
+from .targets import NA, PASS, dig, evaluate_targets, number, rate_band
 
 log = logging.getLogger(__name__)
 
@@ -119,14 +119,14 @@ def _open_prepared(run_dir: Path):
 def sample_windows(ps, seconds: float = 2.0, max_units: int = 60, max_states: int = 4) -> dict:
     """{state: (t (T,) s, counts (T, units))}: a ``seconds`` window in the middle of each state's longest run of
     test bins (any split if the state has none), the ``max_units`` busiest units, busiest first."""
-    from ..data.dataset import segments_of
+    from ..data.intervals import Intervals
 
     state = ps.labels["state"].to_numpy().astype(str)
     order = np.argsort(-ps.counts[: min(ps.n_bins, 20_000)].sum(axis=0), kind="stable")[:max_units]
     n = max(1, int(round(seconds / ps.bin_size)))
     out = {}
     for s in [s for s in dict.fromkeys(state.tolist()) if s][:max_states]:
-        runs = segments_of((state == s) & (ps.split == "test"), state) or segments_of(state == s, state)
+        runs = Intervals.runs((state == s) & (ps.split == "test"), state) or Intervals.runs(state == s, state)
         a, b = max(runs, key=lambda r: r[1] - r[0])
         a0 = max(a, (a + b) // 2 - n // 2)
         b0 = min(b, a0 + n)
@@ -142,11 +142,11 @@ def mapped_stretch(x: np.ndarray, y: np.ndarray, split: np.ndarray, bin_size: fl
     from sklearn.linear_model import RidgeCV
     from sklearn.metrics import r2_score
 
-    from ..data.dataset import segments_of
+    from ..data.intervals import Intervals
 
     split = np.asarray(split).astype(str)
     train = np.flatnonzero(split == "train")
-    runs = segments_of(split == "test", np.zeros(len(split)))
+    runs = Intervals.runs(split == "test", np.zeros(len(split)))
     if len(train) <= x.shape[1] or not runs:
         return None
     if len(train) > max_fit_rows:  # an even subsample: the map has few parameters
@@ -347,7 +347,7 @@ def _student_section(run_dir: Path, student: dict | None, ps) -> Section:
             if have("raster_t", "raster_exc", "raster_inh")
             else not_available(f"student rasters ({why or 'no raster'})"))
     sec.subheading("Firing rates and irregularity")
-    sec.add(row(figure_img(F.rate_histogram(rd["rates_hz"], rd["is_exc"]), "rate histogram")
+    sec.add(row(figure_img(F.rate_histogram(rd["rates_hz"], rd["is_exc"], rate_band(student)), "rate histogram")
                 if have("rates_hz", "is_exc") else not_available(f"rate histogram ({why or 'no rates_hz'})"),
                 figure_img(F.cv_isi_histogram(rd["cv_isi"], rd["is_exc"]), "CV of ISI histogram")
                 if have("cv_isi", "is_exc") else not_available(f"CV of ISI ({why or 'no cv_isi'})")))

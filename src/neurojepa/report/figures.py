@@ -156,16 +156,22 @@ def ei_rasters(t: np.ndarray, exc: np.ndarray, inh: np.ndarray) -> Figure:
     return fig
 
 
-def rate_histogram(rates_hz: np.ndarray, is_exc: np.ndarray, band: tuple[float, float] = (5.0, 20.0)) -> Figure:
-    """Histogram of per-neuron rates (Hz), E and I stacked, with the homeostatic band shaded."""
+def rate_histogram(rates_hz: np.ndarray, is_exc: np.ndarray, band: Sequence[float] | None) -> Figure:
+    """Histogram of per-neuron rates (Hz), E and I stacked, with the homeostatic band (low, high) in Hz shaded: the
+    run's own (the student's ``rate_band_hz`` metric); None (a run that did not record it): no band drawn."""
     r, e = np.asarray(rates_hz, float), np.asarray(is_exc, bool)
     fig, (ax,) = _fig(5.0, 3.2)
-    ax.axvspan(*band, color="tab:green", alpha=0.15, label=f"{band[0]:g}-{band[1]:g} Hz band")
-    top = max(band[1] * 1.5, float(np.nanmax(r)) if r.size else 1.0)
+    rmax = float(np.nanmax(r)) if r.size else 1.0
+    if band is None:
+        title, top = "firing rates (band not recorded)", max(rmax, 1.0) if np.isfinite(rmax) else 1.0
+    else:
+        lo, hi = float(band[0]), float(band[1])
+        ax.axvspan(lo, hi, color="tab:green", alpha=0.15, label=f"{lo:g}-{hi:g} Hz band")
+        inside = np.mean((r >= lo) & (r <= hi)) if r.size else np.nan
+        title, top = f"firing rates: {inside:.0%} in band", max(hi * 1.5, rmax)
     bins = np.linspace(0, top, 40)
     ax.hist([r[e], r[~e]], bins=bins, stacked=True, color=[EXC_COLOR, INH_COLOR], label=["E", "I"])
-    inside = np.mean((r >= band[0]) & (r <= band[1])) if r.size else np.nan
-    ax.set(xlabel="rate (Hz)", ylabel="neurons", title=f"firing rates: {inside:.0%} in band")
+    ax.set(xlabel="rate (Hz)", ylabel="neurons", title=title)
     ax.legend(frameon=False, fontsize=8)
     return fig
 

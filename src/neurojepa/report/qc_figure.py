@@ -1,5 +1,9 @@
 """The QC figure of a prepared dataset (``qc.png``), drawn only from what ``prepare`` wrote (qc.json, dataset.h5).
 
+The data layer does not import this module: the callers above it (the CLI's ``prepare``, the pipeline, through
+``prepare_many`` too) pass :func:`plot_qc` to :func:`neurojepa.data.prepare.prepare` as ``draw_qc``, which calls it
+on the temporary directory before the atomic rename.
+
 Top row: firing-rate distribution (kept vs dropped, log axis), units per area (kept vs dropped), units dropped by
 reason. Bottom row: a raster of a ``raster_s`` window in the middle of each state's longest run of bins (binned
 counts, so the time resolution is one bin; at most ``max_units`` units, the highest-rate ones on top).
@@ -20,7 +24,8 @@ def plot_qc(prepared_dir: str | Path, out: str | Path, *, raster_s: float = 2.0,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..data.dataset import PreparedSession, read_table, segments_of
+    from ..data.dataset import PreparedSession, read_table
+    from ..data.intervals import Intervals
 
     ps = PreparedSession.load(prepared_dir)
     try:
@@ -63,7 +68,7 @@ def plot_qc(prepared_dir: str | Path, out: str | Path, *, raster_s: float = 2.0,
         n = max(1, int(round(raster_s / ps.bin_size)))
         for j, s in enumerate(states):
             ax = fig.add_subplot(grid[1, j])
-            runs = segments_of(state == s, state)
+            runs = Intervals.runs(state == s, state)
             if runs:
                 a, b = max(runs, key=lambda r: r[1] - r[0])
                 a0 = max(a, (a + b) // 2 - n // 2)

@@ -74,6 +74,21 @@ def _cca_ratio(m: dict) -> float | None:
     return c / u if c is not None and u else None
 
 
+def rate_band(student: dict | None) -> tuple[float, float] | None:
+    """The homeostatic band (low, high) in Hz the student's run used (its ``rate_band_hz`` metric, written from
+    ``rate_low_hz`` / ``rate_high_hz``); None when the metrics do not record it."""
+    band = (student or {}).get("rate_band_hz")
+    if not isinstance(band, (list, tuple)) or len(band) != 2:
+        return None
+    lo, hi = number(band[0]), number(band[1])
+    return None if lo is None or hi is None else (lo, hi)
+
+
+def _in_band_text(m: dict) -> str:
+    band = rate_band(dig(m, "student"))
+    return f"of neurons at {band[0]:g}-{band[1]:g} Hz" if band else "of neurons in the rate band"
+
+
 def _half_dim(m: dict) -> float | None:
     d = number(dig(m, "teacher", "embed_dim"))
     return None if d is None else 0.5 * d
@@ -82,11 +97,12 @@ def _half_dim(m: dict) -> float | None:
 @dataclass(frozen=True)
 class Target:
     """One headline number and its rule. value(m) -> float|None; bound(m) -> the reference (a constant or another
-    metric, e.g. the PCA baseline); op: ">=", "<", "==", "in" (bound is then (low, high))."""
+    metric, e.g. the PCA baseline); op: ">=", "<", "==", "in" (bound is then (low, high)); description: text, or
+    a function of the metrics for text that depends on the run (the student's rate band)."""
 
     phase: str
     name: str
-    description: str
+    description: str | Callable[[dict], str]
     value: Callable[[dict], float | None]
     op: str
     bound: Callable[[dict], Any]
@@ -100,13 +116,14 @@ class Target:
               "in": lambda: b[0] <= v <= b[1]}[self.op]()
         return v, b, PASS if ok else FAIL
 
-    def rule(self, bound: Any) -> str:
-        """The target as text, e.g. ">= 0.9" or "in [0.5, 1.5]"."""
+    def rule(self, bound: Any, m: dict | None = None) -> str:
+        """The target as text, e.g. ">= 0.9" or "in [0.5, 1.5]"; m: the metrics a description may depend on."""
+        text = self.description(m or {}) if callable(self.description) else self.description
         if bound is None or (isinstance(bound, tuple) and any(x is None for x in bound)):
-            return f"{self.op} {self.description}"
+            return f"{self.op} {text}"
         if self.op == "in":
             return f"in [{bound[0]:g}, {bound[1]:g}]"
-        return f"{self.op} {bound:.3g}" + (f" ({self.description})" if self.description else "")
+        return f"{self.op} {bound:.3g}" + (f" ({text})" if text else "")
 
 
 def _get(*keys: str) -> Callable[[dict], float | None]:
@@ -138,7 +155,7 @@ TARGETS: list[Target] = [
            _get("teacher", "gt_r2_cross_state"), ">=", _best_baseline("gt_r2_cross_state")),
     Target("student", "cca_heldout_mean", "", _get("student", "cca_heldout_mean"), ">=", _const(0.7)),
     Target("student", "cca_null_mean", "", _get("student", "cca_null_mean"), "<", _const(0.2)),
-    Target("student", "frac_in_band", "", _get("student", "frac_in_band"), ">=", _const(0.9)),
+    Target("student", "frac_in_band", _in_band_text, _get("student", "frac_in_band"), ">=", _const(0.9)),
     Target("student", "dale_violations", "", _get("student", "dale_violations"), "==", _const(0.0)),
     Target("student", "cv_isi_median", "", _get("student", "cv_isi_median"), "in", _const((0.5, 1.5))),
     Target("student", "decoding ratio (min over tasks)", "student / teacher balanced accuracy",
@@ -152,5 +169,5 @@ def evaluate_targets(metrics: dict) -> list[dict]:
     rows = []
     for t in TARGETS:
         v, b, status = t.check(metrics)
-        rows.append(dict(phase=t.phase, name=t.name, value=v, target=t.rule(b), status=status))
+        rows.append(dict(phase=t.phase, name=t.name, value=v, target=t.rule(b, metrics), status=status))
     return rows

@@ -5,9 +5,11 @@
   are left out of the scores.
 * ``cca_heldout``: CCA directions fit on the train blocks (student readout vs teacher latents), correlations of each
   canonical pair on the test blocks; ``cca_null_mean``: the same against circularly time-shifted teacher latents.
-* Firing statistics on held-out (test) chunks: rates (Hz), fraction in the 5-20 Hz band, CV of ISI, Fano factor
+* Firing statistics on held-out (test) chunks: rates (Hz), fraction in the homeostatic band (``rate_low_hz`` to
+  ``rate_high_hz``, written beside it as ``rate_band_hz``, which the report draws), CV of ISI, Fano factor
   (100 ms windows), silent/saturated counts, Dale violations, and the E/I input-current correlation per neuron.
-* Decoding of the teacher's tasks from the student readout, with its ratio to the teacher's (balanced accuracy).
+* Decoding of the teacher's tasks from the student readout, with its ratio to the teacher's (balanced accuracy),
+  over the teacher's flash window (recorded in its decoding results), so the ratio compares like with like.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ def _run_chunks(net: StudentNet, counts: np.ndarray, starts: np.ndarray, chunk: 
     return out
 
 
-def student_features(net: StudentNet, counts: np.ndarray, chunk: int = 200, burn_in: int = 8,
+def student_features(net: StudentNet, counts: np.ndarray, chunk: int, burn_in: int,
                      batch: int = 64, rows: np.ndarray | None = None) -> np.ndarray:
     """The readout's input for every bin, (n_bins, K * n_exc) float32 (filtered E spike counts), from a causal
     chunked simulation of counts (n_bins, n_in); ``net.readout`` of it is the student's readout. ``rows``: keep
@@ -84,7 +86,7 @@ def _whole_session(net: StudentNet, counts: np.ndarray, chunk: int, burn_in: int
     return {k: v[: n_bins * (len(v) // (len(starts) * chunk))] for k, v in out.items()}
 
 
-def simulate_chunked(net: StudentNet, counts: np.ndarray, chunk: int = 200, burn_in: int = 8,
+def simulate_chunked(net: StudentNet, counts: np.ndarray, chunk: int, burn_in: int,
                      batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """The student driven by counts (n_bins, n_in) the way evaluation drives it: causal chunks of ``chunk`` bins,
     each warmed up on its own ``burn_in`` bins of past input. Returns spikes (n_bins * substeps, N) uint8, one row
@@ -100,7 +102,7 @@ def apply_readout(net: StudentNet, features: np.ndarray, block: int = 50_000) ->
                            for i in range(0, len(features), block)]) if len(features) else np.zeros((0, net.n_out))
 
 
-def student_readout(net: StudentNet, counts: np.ndarray, chunk: int = 200, burn_in: int = 8,
+def student_readout(net: StudentNet, counts: np.ndarray, chunk: int, burn_in: int,
                     batch: int = 64) -> np.ndarray:
     """Readout (n_bins, D) float32 for every bin of counts (n_bins, n_in), causal (chunked with warm-up); the
     simulation keeps only the readout of each chunk (memory: (n_bins, D), whatever the network's width)."""
@@ -141,6 +143,7 @@ def firing_statistics(net: StudentNet, counts: np.ndarray, test_mask: np.ndarray
     return dict(_report=report,rate_hz_median=float(np.median(r)), rate_hz_median_exc=float(np.median(r[:ne])),
                 rate_hz_median_inh=float(np.median(r[ne:])),
                 frac_in_band=spiking.frac_in_band(r, cfg.rate_low_hz, cfg.rate_high_hz),
+                rate_band_hz=[float(cfg.rate_low_hz), float(cfg.rate_high_hz)],
                 cv_isi_median=nan_median(cvs),
                 lv_median=nan_median(spiking.lv_isi(spikes)),  # local variation: irregularity without slow modulation
                 fano_median=nan_median(spiking.fano_factor(spikes, int(round(0.1 / cfg.dt)))),
@@ -168,6 +171,23 @@ def _decoding_ratio(student: dict, teacher: dict) -> dict:
     return ratios
 
 
+def decoding_window_ms(flash_window_ms: float | None, teacher_decoding: dict | None) -> float | None:
+    """The flash window of the student's decoding: the one the teacher's decoding used (its results record it as
+    ``flash_window_ms``), so that the student/teacher ratio compares the same features. An explicit
+    ``flash_window_ms`` must agree with it; None when neither is known."""
+    recorded = (teacher_decoding or {}).get("flash_window_ms")
+    if flash_window_ms is None:
+        return None if recorded is None else float(recorded)
+    if recorded is not None and abs(float(recorded) - flash_window_ms) > 1e-9:
+        raise InputError("flash_window_ms", f"{flash_window_ms:g} ms differs from the {float(recorded):g} ms window of "
+                                            "the teacher's decoding: the decoding ratio would compare different windows")
+    return float(flash_window_ms)
+
+
+def _has_flashes(labels) -> bool:
+    return "time_since_flash" in labels and bool(labels["time_since_flash"].notna().any())
+
+
 def train_mask(split: np.ndarray, state: np.ndarray | None, train_states, burn_in: int) -> np.ndarray:
     """(n_bins,) bool: the bins whose readout the CCA directions (and the readout refit) are fit on: train blocks
     of train_states (all when empty), after the first burn_in bins of the session."""
@@ -184,18 +204,26 @@ def _in_states(state: np.ndarray | None, states, n: int) -> np.ndarray:
 def evaluate_student(net: StudentNet, counts: np.ndarray, latents: np.ndarray, split: np.ndarray,
                      cfg: StudentConfig, labels=None, teacher_decoding: dict | None = None,
                      train_states=None, test_states=None, decode: bool = True,
-                     readout: np.ndarray | None = None, spikes_out: dict | None = None) -> tuple[dict, np.ndarray]:
+                     readout: np.ndarray | None = None, spikes_out: dict | None = None,
+                     flash_window_ms: float | None = None) -> tuple[dict, np.ndarray]:
     """All student metrics. counts: (n_bins, n_in), latents: (n_bins, D) teacher, split: (n_bins,) str.
 
     CCA directions are fit on train blocks of ``train_states`` and scored on test blocks of ``test_states`` (all
     states when empty; labels["state"] gives each bin's state). When they differ, ``cca_heldout_mean_within`` adds
     the score on test blocks of the training states. ``readout`` (n_bins, D): the student's readout when already
     computed (distill computes it for the readout refit), else simulated here. ``spikes_out``: a dict that receives
-    the held-out spikes behind the firing statistics (see :func:`firing_statistics`).
+    the held-out spikes behind the firing statistics (see :func:`firing_statistics`). Decoding (``decode`` and
+    labels with flashes) uses the teacher's flash window, read from ``teacher_decoding`` or given as
+    ``flash_window_ms`` (:func:`decoding_window_ms`); an InputError when neither gives it.
     Returns (metrics dict, readout (n_bins, D) float32)."""
     net.eval()
     split = np.asarray(split).astype(str)
     state = labels["state"].to_numpy() if labels is not None and "state" in labels else None
+    window = decoding_window_ms(flash_window_ms, teacher_decoding) if labels is not None and decode else None
+    if labels is not None and decode and window is None and _has_flashes(labels):  # before minutes of simulation
+        raise InputError("flash_window_ms", "the student's decoding needs the teacher's flash window: pass "
+                                            "flash_window_ms (the teacher's eval.flash_window_ms) or the teacher's "
+                                            "decoding metrics, which record it")
     z = student_readout(net, counts, cfg.eval_chunk, cfg.burn_in) if readout is None else readout
     tr = train_mask(split, state, train_states, cfg.burn_in)
     valid = np.arange(len(z)) >= cfg.burn_in
@@ -219,7 +247,7 @@ def evaluate_student(net: StudentNet, counts: np.ndarray, latents: np.ndarray, s
         m["_report"] = report  # popped by distill, written to report_data.npz
     m.update(dale_violations=count_dale_violations(net), n_exc=net.n_exc, n_inh=net.n_inh)
     if labels is not None and decode:
-        dec = decoding_report(z, labels, split, net.bin_size)
+        dec = decoding_report(z, labels, split, net.bin_size, window) if window is not None else {}
         m["decoding"] = dec
         if teacher_decoding:
             ratios = _decoding_ratio(dec, teacher_decoding)

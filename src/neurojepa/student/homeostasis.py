@@ -1,8 +1,8 @@
 """Homeostatic firing-rate band penalty (per neuron, rates in Hz).
 
 ``penalty = mean_j relu(low - r_j)^2 + relu(r_j - high)^2`` with ``r_j`` the rate of neuron j over the batch window
-in Hz (spikes / (trials * steps * dt)). Zero inside the band, so it leaves the CCA objective alone once every neuron
-fires 5-20 Hz; quadratic outside, so silent and runaway neurons are pulled back hard. The rate goes through the
+in Hz (spikes / (trials * steps * dt)). Zero inside the band (``rate_low_hz`` to ``rate_high_hz`` of the student's
+config, 5-20 Hz by default), so it leaves the CCA objective alone once every neuron fires in it; quadratic outside, so silent and runaway neurons are pulled back hard. The rate goes through the
 surrogate gradient of the spikes, like the CCA loss. A mean (not a sum) over neurons keeps the weight independent of
 the network size.
 
@@ -16,12 +16,12 @@ from __future__ import annotations
 import torch
 
 
-def rates_hz(spikes: torch.Tensor, dt: float, per_window: bool = False) -> torch.Tensor:
+def rates_hz(spikes: torch.Tensor, dt: float, per_window: bool) -> torch.Tensor:
     """spikes: (T, B, N) of 0/1 at step dt (s) -> mean rate in Hz (differentiable): (N,) pooled over the batch, or
     (B, N), one rate per window of the batch with ``per_window``."""
     return spikes.mean(dim=0 if per_window else (0, 1)) / dt
 
 
-def band_penalty(rates: torch.Tensor, low: float = 5.0, high: float = 20.0) -> torch.Tensor:
+def band_penalty(rates: torch.Tensor, low: float, high: float) -> torch.Tensor:
     """rates: (N,) or (B, N) in Hz -> mean of relu(low - r)^2 + relu(r - high)^2, in Hz^2."""
     return (torch.relu(low - rates) ** 2 + torch.relu(rates - high) ** 2).mean()

@@ -19,6 +19,7 @@ import lightning as L
 import torch
 
 from ..metrics.cca import cca_loss
+from ..training import NanGuard
 from .config import StudentConfig
 from .homeostasis import band_penalty, rates_hz
 from .network import StudentNet
@@ -28,11 +29,12 @@ log = logging.getLogger(__name__)
 MAX_BAD_STEPS = 20
 
 
-class StudentModule(L.LightningModule):
+class StudentModule(NanGuard, L.LightningModule):
+    nan_patience = MAX_BAD_STEPS  # a non-finite step is skipped; this many in a row stop training (training.py)
+
     def __init__(self, net: StudentNet, cfg: StudentConfig, homeostasis: bool = True):
         super().__init__()
         self.net, self.cfg, self.homeostasis = net, cfg, homeostasis
-        self.bad_steps = 0
 
     def losses(self, counts: torch.Tensor, teacher: torch.Tensor) -> dict[str, torch.Tensor]:
         cfg, b = self.cfg, self.cfg.burn_in
@@ -55,21 +57,17 @@ class StudentModule(L.LightningModule):
         return dict(loss=loss, cca=-cca / y.shape[-1], band=band, rate=rates.median().detach())
 
     def training_step(self, batch, batch_idx):
-        parts = self.losses(*batch)
-        if not torch.isfinite(parts["loss"]):
-            self.bad_steps += 1
-            log.warning("non-finite loss at step %d, skipped (%d so far)", self.global_step, self.bad_steps)
-            if self.bad_steps >= MAX_BAD_STEPS:
-                self.trainer.should_stop = True
-            return None  # Lightning skips the optimiser step
-        self.bad_steps = 0
-        self.log_dict({f"train_{k}": v.detach() for k, v in parts.items()}, prog_bar=True)
-        return parts["loss"]
+        """batch: a :class:`~neurojepa.data.windows.WindowBatch` of counts and the teacher's latents."""
+        parts = self.losses(batch.counts, batch.latents)
+        loss = self.guard(parts["loss"])  # None: Lightning skips the optimiser step
+        if loss is not None:
+            self.log_dict({f"train_{k}": v.detach() for k, v in parts.items()}, prog_bar=True, batch_size=len(batch))
+        return loss
 
     def validation_step(self, batch, batch_idx):
         with torch.no_grad():
-            parts = self.losses(*batch)
-        self.log_dict({f"val_{k}": v for k, v in parts.items()}, prog_bar=False)
+            parts = self.losses(batch.counts, batch.latents)
+        self.log_dict({f"val_{k}": v for k, v in parts.items()}, prog_bar=False, batch_size=len(batch))
 
     def configure_optimizers(self):
         opt = torch.optim.Adam(self.net.parameters(), lr=self.cfg.lr)

@@ -113,8 +113,8 @@ class _LIFScan(torch.autograd.Function):
         return grad_x, grad_w, None, None, None, None, None, None
 
 
-def lif_scan(x: torch.Tensor, w: torch.Tensor, beta: torch.Tensor, theta: float, n_ref: int,
-             surrogate: str = "fast_sigmoid", slope: float = 25.0, adapt=None) -> torch.Tensor:
+def lif_scan(x: torch.Tensor, w: torch.Tensor, beta: torch.Tensor, theta: float, n_ref: int, surrogate: str,
+             slope: float, adapt=None) -> torch.Tensor:
     """Fused recurrent LIF. x: (T, B, N) input currents (threshold units per step), w: (N, N) recurrent weights
     (post, pre), beta: (N,), adapt: None or (rho, b (N,)) spike-frequency adaptation (detached, like the reset).
     Returns spikes (T, B, N) of 0/1, differentiable wrt x and w (surrogate gradient)."""
@@ -129,7 +129,8 @@ def _raw_weight(linear: nn.Linear) -> torch.Tensor:
 class StudentNet(nn.Module):
     """E/I recurrent LIF network. n_in recorded units in, n_out teacher dims out; see the module docstring."""
 
-    def __init__(self, n_in: int, n_out: int, cfg: StudentConfig, bin_size: float = 0.01):
+    def __init__(self, n_in: int, n_out: int, cfg: StudentConfig, bin_size: float):
+        """bin_size (s): the counts' bins, the data's (a prepared session's ``bin_size``), never assumed."""
         super().__init__()
         substeps = bin_size / cfg.dt
         if abs(substeps - round(substeps)) > 1e-6 or round(substeps) < 1:

@@ -18,7 +18,6 @@ windows aligned with the counts. Training windows are cut from the counts held i
 
 from __future__ import annotations
 
-import datetime
 import json
 import logging
 import time
@@ -27,14 +26,14 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
 
 from ..config import save_config, to_dict
+from ..data.intervals import Intervals
+from ..data.windows import WindowDataset, WindowSource, collate_windows
 from ..errors import InputError, atomic_path
-from ..progress import progress_callbacks
 from ..runtime import set_torch_threads
+from ..training import check_diverged, make_trainer
 from .config import StudentConfig
 from .evaluate import apply_readout, evaluate_student, student_features, student_readout, train_mask
 from .module import StudentModule
@@ -44,29 +43,6 @@ from .report_data import write_report_data
 from .spikes_file import SPIKES_FILE, write_student_spikes
 
 log = logging.getLogger(__name__)
-
-
-class PairedWindows(Dataset):
-    """(counts, teacher latents) windows of ``length`` bins inside segments [(start, stop), ...]."""
-
-    def __init__(self, counts: np.ndarray, latents: np.ndarray, segments, length: int, stride: int):
-        self.counts, self.latents, self.length = counts, latents, length
-        self.starts = np.asarray([s for a, b in segments for s in range(a, b - length + 1, stride)], dtype=np.int64)
-
-    def __len__(self) -> int:
-        return len(self.starts)
-
-    def __getitem__(self, i: int):
-        s = int(self.starts[i])
-        return (torch.from_numpy(self.counts[s:s + self.length].astype(np.float32)),
-                torch.from_numpy(self.latents[s:s + self.length].astype(np.float32)))
-
-
-def segments_of_split(split: np.ndarray, name: str) -> list[tuple[int, int]]:
-    """Maximal [start, stop) runs of ``split == name``."""
-    m = np.concatenate([[False], np.asarray(split).astype(str) == name, [False]])
-    edges = np.flatnonzero(m[1:] != m[:-1])
-    return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2])]
 
 
 def save_student(net: StudentNet, path: Path) -> Path:
@@ -94,50 +70,45 @@ def student_from_file(path: Path, cfg: StudentConfig) -> StudentNet:
     return net.eval()
 
 
-def fit_student(counts: np.ndarray, latents: np.ndarray, split: np.ndarray, cfg: StudentConfig, out_dir: Path,
-                bin_size: float = 0.01, homeostasis: bool = True, resume: bool = False,
-                train_segments=None, val_segments=None) -> StudentNet:
-    """Train a student on arrays: counts (n_bins, n_in), teacher latents (n_bins, D), split (n_bins,) str.
+def fit_student(counts: np.ndarray, latents: np.ndarray, cfg: StudentConfig, out_dir: Path, *, bin_size: float,
+                train: Intervals, val: Intervals, homeostasis: bool = True, resume: bool = False) -> StudentNet:
+    """Train a student on arrays: counts (n_bins, n_in), teacher latents (n_bins, D), on windows inside the
+    ``train`` intervals (validated on ``val``'s); bin_size (s) of the counts' bins.
 
-    Segments default to the runs of 'train'/'val' in split (pass state-aware ones from a PreparedSession).
     Writes last.ckpt and logs/ under out_dir; returns the trained network."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    train_segments = train_segments if train_segments is not None else segments_of_split(split, "train")
-    val_segments = val_segments if val_segments is not None else segments_of_split(split, "val")
     length = cfg.burn_in + cfg.window
-    train_ds = PairedWindows(counts, latents, train_segments, length, max(cfg.window // 2, 1))
+    train_ds, val_ds = (WindowDataset([WindowSource.in_memory(counts, iv, latents=latents)], length, stride)
+                        for iv, stride in ((train, max(cfg.window // 2, 1)), (val, length)))
     if len(train_ds) == 0:
         raise InputError(out_dir, f"no training window of {length} bins fits in the train blocks")
-    val_ds = PairedWindows(counts, latents, val_segments, length, length)
 
     net = StudentNet(counts.shape[1], latents.shape[1], cfg, bin_size)
     gen = np.random.default_rng(cfg.seed)
-    calib = np.stack([train_ds[int(i)][0] for i in gen.choice(len(train_ds), min(16, len(train_ds)), replace=False)])
+    calib = np.stack([train_ds[int(i)]["counts"] for i in gen.choice(len(train_ds), min(16, len(train_ds)),
+                                                                     replace=False)])
     net.calibrate_bias(torch.from_numpy(calib))
     module = StudentModule(net, cfg, homeostasis=homeostasis)
 
-    sampler = RandomSampler(train_ds, replacement=True, num_samples=cfg.max_steps * cfg.batch_size,
-                            generator=torch.Generator().manual_seed(cfg.seed))
-    train_dl = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, drop_last=True)
-    val_dl = DataLoader(val_ds, batch_size=cfg.batch_size) if len(val_ds) else None
+    draws = RandomSampler(train_ds, replacement=True, num_samples=cfg.max_steps * cfg.batch_size,
+                          generator=torch.Generator().manual_seed(cfg.seed))
+    train_dl = DataLoader(train_ds, batch_sampler=BatchSampler(draws, cfg.batch_size, drop_last=True),
+                          collate_fn=collate_windows)
+    val_dl = DataLoader(val_ds, batch_sampler=BatchSampler(SequentialSampler(val_ds), cfg.batch_size, False),
+                        collate_fn=collate_windows) if len(val_ds) else None
     last = out_dir / "last.ckpt"
     if resume and not last.is_file():
         raise InputError(last, "nothing to resume from (no last.ckpt)")
-    ckpt = ModelCheckpoint(dirpath=out_dir, filename="step{step}", save_last=True, save_top_k=0,
-                           every_n_train_steps=cfg.val_every)
     name = "student" if homeostasis else "student (unconstrained)"
-    shown, bar = progress_callbacks(name, cfg.progress, ("train_loss", "val_loss", "val_cca", "val_rate"), per="step")
-    trainer = L.Trainer(default_root_dir=out_dir, max_steps=cfg.max_steps, max_epochs=-1,
-                        max_time=datetime.timedelta(minutes=cfg.max_minutes), accelerator="cpu", devices=1,
-                        logger=CSVLogger(out_dir, name="logs"), callbacks=[ckpt, *shown], gradient_clip_val=1.0,
-                        val_check_interval=cfg.val_every if val_dl is not None else None,
-                        check_val_every_n_epoch=None, limit_val_batches=4, num_sanity_val_steps=0,
-                        log_every_n_steps=10, enable_model_summary=False,
-                        enable_progress_bar=bar, deterministic=True)
+    trainer = make_trainer(out_dir, name=name, progress=cfg.progress, shown=("train_loss", "val_loss", "val_cca",
+                           "val_rate"), max_steps=cfg.max_steps, every_n_steps=cfg.val_every,
+                           val_every=cfg.val_every if val_dl is not None else None, max_minutes=cfg.max_minutes,
+                           limit_val_batches=4)
     t0 = time.time()
     trainer.fit(module, train_dl, val_dl, ckpt_path=str(last) if resume else None)
+    check_diverged(module, "student", last)
     log.info("trained %d steps in %.1f s", trainer.global_step, time.time() - t0)
     net.train_seconds = time.time() - t0
     net.global_step = int(trainer.global_step)
@@ -216,7 +187,22 @@ def _load_inputs(dataset_dir: str | Path, teacher_dir: str | Path):
     mfile = Path(teacher_dir) / "metrics.json"
     if mfile.is_file():
         teacher_decoding = json.loads(mfile.read_text()).get("teacher", {}).get("decoding")
-    return ps, latents, teacher_decoding
+    return ps, latents, teacher_decoding, teacher_window_ms(teacher_dir, teacher_decoding)
+
+
+def teacher_window_ms(teacher_dir: str | Path, teacher_decoding: dict | None) -> float:
+    """The flash window (ms) the teacher decoded with, which the student's decoding must share: recorded in its
+    decoding results, else its config.yaml's ``eval.flash_window_ms`` (teachers written before the window was
+    recorded), else TeacherConfig's (the one home of the default)."""
+    from ..config import read_config
+    from ..teacher.config import TeacherConfig
+
+    recorded = (teacher_decoding or {}).get("flash_window_ms")
+    if recorded is not None:
+        return float(recorded)
+    cfile = Path(teacher_dir) / "config.yaml"
+    cfg = read_config(TeacherConfig, cfile) if cfile.is_file() else TeacherConfig()
+    return float(cfg.eval.flash_window_ms)
 
 
 def distill(dataset_dir: str | Path, teacher_dir: str | Path, out_dir: str | Path, cfg: StudentConfig | None = None,
@@ -229,25 +215,25 @@ def distill(dataset_dir: str | Path, teacher_dir: str | Path, out_dir: str | Pat
     cfg = cfg or StudentConfig()
     set_torch_threads(cfg.threads)
     out = Path(out_dir)
-    ps, latents, teacher_decoding = _load_inputs(dataset_dir, teacher_dir)
+    ps, latents, teacher_decoding, window_ms = _load_inputs(dataset_dir, teacher_dir)
     counts = ps.load_counts()
     split = np.asarray(ps.split).astype(str)
-    labels = getattr(ps, "labels", None)
+    labels = ps.labels
     states = list(train_states) if train_states else None
-    segs = dict(train_segments=ps.segments("train", states), val_segments=ps.segments("val", states))
+    segs = dict(bin_size=ps.bin_size, train=ps.segments("train", states), val=ps.segments("val", states))
     scoring = dict(train_states=states, test_states=list(test_states) if test_states else None)
 
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     state = labels["state"].to_numpy() if labels is not None and "state" in labels else None
     train_bins = train_mask(split, state, states, cfg.burn_in)  # what the readout refits are fit on
-    net = fit_student(counts, latents, split, cfg, out, ps.bin_size, resume=resume, **segs)
+    net = fit_student(counts, latents, cfg, out, resume=resume, **segs)
     t0 = time.time()
     z = finish_readout(net, counts, latents, train_bins, cfg)
     save_student(net, out / "student.pt")
     held: dict = {}  # the held-out spikes behind the firing statistics -> spikes.npz
     metrics, z = evaluate_student(net, counts, latents, split, cfg, labels, teacher_decoding, readout=z,
-                                  spikes_out=held, **scoring)
+                                  spikes_out=held, flash_window_ms=window_ms, **scoring)
     report_data = metrics.pop("_report", None)
     if report_data is not None:
         write_report_data(out / "report_data.npz", **report_data)
@@ -262,7 +248,7 @@ def distill(dataset_dir: str | Path, teacher_dir: str | Path, out_dir: str | Pat
         ucfg = StudentConfig(**{**to_dict(cfg), "dale": False})
         udir = out / "unconstrained"
         save_config(ucfg, udir / "config.yaml")
-        unet = fit_student(counts, latents, split, ucfg, udir, ps.bin_size, homeostasis=False,
+        unet = fit_student(counts, latents, ucfg, udir, homeostasis=False,
                            resume=resume and (udir / "last.ckpt").is_file(), **segs)
         uz = finish_readout(unet, counts, latents, train_bins, ucfg)
         save_student(unet, udir / "student.pt")

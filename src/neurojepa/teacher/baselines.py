@@ -71,13 +71,13 @@ def _fit_rows(train: np.ndarray, cap: int) -> np.ndarray:
     return rows[np.linspace(0, len(rows) - 1, cap).astype(int)] if len(rows) > cap else rows
 
 
-def baseline_latents(counts: np.ndarray, train: np.ndarray, bin_size: float, dims: int, smooth_ms: float = 50.0,
-                     seed: int = 0, with_fa: bool = True, with_cebra: bool = False) -> dict[str, np.ndarray]:
+def baseline_latents(counts: np.ndarray, train: np.ndarray, bin_size: float, dims: int, smooth_ms: float,
+                     seed: int, with_fa: bool = True, with_cebra: bool = False) -> dict[str, np.ndarray]:
     """Baseline features for every bin: {name: (n_bins, dims) float32}, except ``raw``: a :class:`SmoothedCounts`
     row source of shape (n_bins, U) that the metrics read in blocks (metrics/rows.py).
 
     counts: (n_bins, U) held-in counts (an array or a ColumnView); train: (n_bins,) bool mask of the bins models
-    may be fit on.
+    may be fit on; smooth_ms, seed: the teacher config's ``eval.smooth_ms`` and ``train.seed``.
     """
     smooth = SmoothedCounts(counts, bin_size, smooth_ms)
     sq = SmoothedCounts(counts, bin_size, smooth_ms, sqrt=True)  # variance-stabilising, usual for PCA/FA of counts
@@ -109,8 +109,8 @@ def _apply(model, source: SmoothedCounts, dims: int) -> np.ndarray:
     return out
 
 
-def cebra_latents(counts: np.ndarray, train: np.ndarray, bin_size: float, dims: int, smooth_ms: float = 50.0,
-                  seed: int = 0, max_iterations: int = 2000) -> np.ndarray | None:
+def cebra_latents(counts: np.ndarray, train: np.ndarray, bin_size: float, dims: int, smooth_ms: float,
+                  seed: int, max_iterations: int = 2000) -> np.ndarray | None:
     """CEBRA-Time embedding (n_bins, dims), fit on train bins; None when cebra is not installed.
 
     CEBRA's offset10 model looks 5 bins either side, i.e. it is not causal; it is reported as a peer, not as a

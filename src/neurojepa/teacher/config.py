@@ -32,19 +32,19 @@ class LossConfig:
     """(1 - lam) * prediction + lam * regulariser + count_weight * Poisson NLL (+ replay term)."""
 
     regulariser: str = "sigreg"        # sigreg | vicreg | none
-    lam: float = 0.3                   # loss = (1 - lam) * prediction + lam * regulariser (0.9: rankme 15.4, gt_r2 -0.006)
+    lam: float = 0.3                   # loss = (1 - lam) * prediction + lam * regulariser (0: prediction only, 1: regulariser only)
     num_slices: int = 256              # SIGReg random directions per step
-    spectral_slices: int = 4           # + SIGReg along the batch's principal axes, 2 of largest and 2 of smallest variance, cross-fitted (0 = off: rankme 13.2)
-    spectral_weight: float = 0.4       # weight of their statistic beside the random slices' (0.6: rankme 22.9, gt_r2 0.899)
+    spectral_slices: int = 4           # + SIGReg along this many principal axes of the batch: half of largest, the rest of smallest variance, cross-fitted (0 = off)
+    spectral_weight: float = 0.4       # weight of the spectral slices' mean statistic beside the random slices' mean
     time_stride: int = 4               # SIGReg on every 4th time step (latents are smooth; cos/sin dominate cost)
-    time_weight: float = 0.0           # weight of SIGReg across time inside windows (0.25 pushed latents to noise)
+    time_weight: float = 0.0           # weight of SIGReg across time inside windows (0 = off)
     target: str = "self"               # self (LeJEPA: same encoder, no stop-grad) | ema (ablation)
     ema_decay: float = 0.99            # decay of the EMA target encoder (only with target=ema)
     count_weight: float = 100.0        # mu: + mu * Poisson NLL (nats/spike) of the count anchor (0 = pure LeJEPA)
     count_mode: str = "forward"        # forward: whole-population z_t -> every unit's count in bin t+1 | cross: view's z_t -> other view's units, bin t
     count_link: str = "softplus"       # softplus: rate = gain_u * softplus(a_u.z + b_u) | exp: rate = exp(a_u.z + b_u)
     replay_weight: float = 3.0         # + w * mean |z_a[:k] - z_p[:k]|^2 / var of replay-paired active/passive windows (0 = off)
-    replay_dims: int = 31              # k: latent dims tied across replay pairs; the rest carry the brain state (12: rankme 17.3, gt_r2 0.895)
+    replay_dims: int = 31              # k: latent dims tied across replay pairs, 1 to model.embed_dim; the rest carry the brain state
     replay_norm: bool = True           # divide each tied dim's squared difference by its batch variance (shrinking cannot meet it)
     state_readout: bool = True         # count anchor read-out per state (True) or one shared read-out (False)
 
@@ -100,14 +100,31 @@ class TeacherConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
-def check_choices(cfg: TeacherConfig) -> None:
+def check_choices(cfg: TeacherConfig, prefix: str = "") -> None:
     """Raise :class:`InputError` naming the key when a ``loss.*`` option is not one of its choices (or a count
-    or weight that must not be negative is)."""
+    or weight that must not be negative is), or when two options do not fit together (:func:`check_combinations`).
+    prefix: put before the key in the message (``"teacher."`` inside a run config)."""
     for key, choices in _CHOICES.items():
         value = getattr(cfg.loss, key)
         if value not in choices:
-            raise InputError(f"loss.{key}", f"'{value}' is not one of {', '.join(choices)}")
+            raise InputError(f"{prefix}loss.{key}", f"'{value}' is not one of {', '.join(choices)}")
     for key in ("lam", "num_slices", "spectral_slices", "spectral_weight", "count_weight", "replay_weight"):
         value = getattr(cfg.loss, key)
         if value < 0:
-            raise InputError(f"loss.{key}", f"must be >= 0, got {value}")
+            raise InputError(f"{prefix}loss.{key}", f"must be >= 0, got {value}")
+    check_combinations(cfg, prefix)
+
+
+def check_combinations(cfg: TeacherConfig, prefix: str = "") -> None:
+    """Options that are valid alone but not together, as an :class:`InputError` naming the key to change.
+
+    ``loss.replay_dims`` k counts latent dims: the first k of ``model.embed_dim`` D are tied across replay pairs
+    (``loss.replay_weight`` > 0) and, with ``loss.state_readout``, get each state's own read-out weights while the
+    other D - k carry the brain state (module.state_readout_eta). k = D ties every dim; k > D is not a dim count,
+    and the model would silently fall back to tying all D (with ``model.embed_dim`` lowered below the default
+    k = 31, say)."""
+    loss, d = cfg.loss, cfg.model.embed_dim
+    if (loss.replay_weight > 0 or loss.state_readout) and not 0 < loss.replay_dims <= d:
+        raise InputError(f"{prefix}loss.replay_dims", f"{loss.replay_dims} must be between 1 and model.embed_dim "
+                                                      f"({d}): it counts the latent dims tied across replay pairs "
+                                                      f"(set it to {d} to tie every dim)")

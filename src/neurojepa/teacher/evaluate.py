@@ -15,9 +15,10 @@ import time
 import numpy as np
 import torch
 
+from ..data.dataset import BinnedSession
 from ..metrics.cobps import cobps as cobps_score
 from ..metrics.cobps import cobps_per_group
-from ..metrics.decoding import compare_states as _compare_states
+from ..metrics.decoding import compare_states
 from ..metrics.decoding import decoding_report
 from ..metrics.latent import cross_state_r2, forecast_r2_blocks, per_dim_std, rankme, ridge_r2
 from ..metrics.rows import ColumnView, block_rows
@@ -61,20 +62,21 @@ def score_latents(z, ctx: dict, *, collapse: bool = True) -> dict:
         if len(np.unique(ctx["state"][test])) > 1:  # one GLM per state as well (metrics/cobps.py says why)
             out["cobps_per_state"] = cobps_per_group(z, ctx["heldout_counts"], train, test, ctx["state"])
     if ctx.get("labels") is not None:
-        out["decoding"] = decoding_report(z, ctx["labels"], split, ctx["bin_size"], ctx.get("flash_window_ms", 250.0),
+        out["decoding"] = decoding_report(z, ctx["labels"], split, ctx["bin_size"], ctx["flash_window_ms"],
                                           train_states=tr_states, test_states=te_states)
     out["eval_seconds"] = round(time.perf_counter() - t0, 2)
     return out
 
 
-def session_context(session, counts: np.ndarray, heldout: np.ndarray, flash_window_ms: float = 250.0,
+def session_context(session: BinnedSession, counts: np.ndarray, heldout: np.ndarray, flash_window_ms: float,
                     train_states: list[str] | None = None, test_states: list[str] | None = None) -> dict:
     """The arrays every scorer needs, pulled once from a prepared session (or anything with its attributes).
-    train_states / test_states: see :func:`score_latents` (empty or None: all states)."""
-    labels = getattr(session, "labels", None)
+    flash_window_ms: the decoding window (``eval.flash_window_ms``); train_states / test_states: see
+    :func:`score_latents` (empty or None: all states)."""
+    labels = session.labels
     state = labels["state"].to_numpy().astype(str) if labels is not None else np.full(session.n_bins, "all")
-    return dict(split=np.asarray(session.split).astype(str), state=state, compare_states=_compare_states(state),
-                gt=getattr(session, "gt_latents", None), labels=labels, bin_size=float(session.bin_size),
+    return dict(split=np.asarray(session.split).astype(str), state=state, compare_states=compare_states(state),
+                gt=session.gt_latents, labels=labels, bin_size=float(session.bin_size),
                 heldout_counts=ColumnView(counts, heldout), flash_window_ms=flash_window_ms,
                 train_states=list(train_states or []), test_states=list(test_states or []))
 

@@ -33,9 +33,12 @@ units were silenced; with the count anchor this did not recur (docs/teacher.md).
 from __future__ import annotations
 
 import math
+from typing import Mapping, Sequence
 
 import torch
 from torch import nn
+
+from .config import TeacherConfig
 
 
 _TRANSFORMS = {"sqrt": torch.sqrt, "log1p": torch.log1p}
@@ -90,10 +93,11 @@ class TeacherNet(nn.Module):
     predict(z (B, T, D)) -> (B, T, K + 1, D), the other view's z_t and the forecast of z_{t+1..t+K} made at t.
     """
 
-    def __init__(self, sessions: dict[str, int], width: int = 64, embed_dim: int = 32, kernel: int = 3,
-                 dilations=(1, 2, 4, 8), horizon: int = 10, predictor_hidden: int = 128, seed: int = 0,
-                 smooth_bins: int = 16, input_transform: str = "sqrt", linear_skip: bool = True,
-                 view_mode: str = "halves", count_link: str = "exp"):
+    def __init__(self, sessions: dict[str, int], *, width: int, embed_dim: int, kernel: int, dilations: Sequence[int],
+                 horizon: int, predictor_hidden: int, seed: int, smooth_bins: int, input_transform: str,
+                 linear_skip: bool, view_mode: str, count_link: str):
+        """Every option is required: :meth:`from_config` is the one place that maps a
+        :class:`~neurojepa.teacher.config.TeacherConfig` to them (their defaults live there)."""
         super().__init__()
         if input_transform not in _TRANSFORMS:
             raise ValueError(f"input_transform must be one of {sorted(_TRANSFORMS)}, not {input_transform!r}")
@@ -127,6 +131,19 @@ class TeacherNet(nn.Module):
         self.predictor = nn.Linear(embed_dim, out) if predictor_hidden == 0 else nn.Sequential(
             nn.Linear(embed_dim, predictor_hidden), nn.GELU(), nn.Linear(predictor_hidden, predictor_hidden),
             nn.GELU(), nn.Linear(predictor_hidden, out))
+
+    @classmethod
+    def from_config(cls, cfg: TeacherConfig, units: int | Mapping[str, int]) -> "TeacherNet":
+        """The network a :class:`~neurojepa.teacher.config.TeacherConfig` describes: ``model.*`` for the encoder
+        and predictor, ``loss.count_link`` for the count anchor, ``train.seed`` for the fixed view halves.
+
+        units: {session key: number of input units}, or one count for a single session keyed ``"session"``."""
+        m = cfg.model
+        sessions = dict(units) if isinstance(units, Mapping) else {"session": int(units)}
+        return cls(sessions, width=m.width, embed_dim=m.embed_dim, kernel=m.kernel, dilations=tuple(m.dilations),
+                   horizon=m.horizon, predictor_hidden=m.predictor_hidden, seed=cfg.train.seed,
+                   smooth_bins=m.smooth_bins, input_transform=m.input_transform, linear_skip=m.linear_skip,
+                   view_mode=m.views, count_link=cfg.loss.count_link)
 
     def encode(self, counts: torch.Tensor, session: str = "session", scale: torch.Tensor | None = None) -> torch.Tensor:
         """counts: (B, T, U) spikes per bin (float) -> z: (B, T, D), z[:, t] a function of counts[:, :t+1].

@@ -38,9 +38,10 @@ import lightning as L
 import torch
 from torch import nn
 
+from ..training import NanGuard
 from .config import TeacherConfig
 from .model import TeacherNet
-from .sigreg import regulariser, world_size
+from .sigreg import regulariser, sigreg_kwargs, world_size
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ def replay_distance(z: torch.Tensor, normalise: bool = True) -> torch.Tensor:
     return sq.mean()
 
 
-class TeacherModule(L.LightningModule):
+class TeacherModule(NanGuard, L.LightningModule):
     def __init__(self, cfg: TeacherConfig, n_units: int, session: str = "session", n_states: int = 1):
         """n_states: how many state codes batches may carry (for ``loss.state_readout``)."""
         super().__init__()
@@ -97,10 +98,7 @@ class TeacherModule(L.LightningModule):
         m = cfg.model
         # model.state_readin: state code i > 0 reads in through its own linear map, keyed "<session>@<i>"
         self.state_keys = [session] + ([f"{session}@{i}" for i in range(1, n_states)] if m.state_readin else [])
-        self.net = TeacherNet({k: n_units for k in self.state_keys}, width=m.width, embed_dim=m.embed_dim, kernel=m.kernel,
-                              dilations=tuple(m.dilations), horizon=m.horizon, predictor_hidden=m.predictor_hidden,
-                              seed=cfg.train.seed, smooth_bins=m.smooth_bins, input_transform=m.input_transform,
-                              linear_skip=m.linear_skip, view_mode=m.views, count_link=cfg.loss.count_link)
+        self.net = TeacherNet.from_config(cfg, {k: n_units for k in self.state_keys})
         self.target_net = None
         if cfg.loss.target == "ema":
             self.target_net = copy.deepcopy(self.net).requires_grad_(False)
@@ -132,19 +130,6 @@ class TeacherModule(L.LightningModule):
             z = part.new_zeros(counts.shape[0], *part.shape[1:]) if z is None else z
             z = z.index_copy(0, idx, part)
         return z
-
-    @staticmethod
-    def unpack(batch) -> tuple[torch.Tensor, torch.Tensor | None, bool]:
-        """A loader batch -> (counts (B, L, U), state codes (B,) or None, paired).
-
-        Batches are counts (B, L, U), or (counts, state) with state (B,) long; paired batches carry (B/2, 2, L, U)
-        counts (and (B/2, 2) states), flattened here to the active windows first, then their partners in order."""
-        counts, state = batch if isinstance(batch, (tuple, list)) else (batch, None)
-        paired = counts.dim() == 4
-        if paired:
-            counts = torch.cat([counts[:, 0], counts[:, 1]])
-            state = torch.cat([state[:, 0], state[:, 1]]) if state is not None else None
-        return counts, state, paired
 
     def state_readouts_of_session(self) -> list[nn.Linear] | None:
         """The current session's per-state count read-outs, state code order (None: one shared read-out)."""
@@ -215,9 +200,8 @@ class TeacherModule(L.LightningModule):
         pred_loss = reg = count_loss = replay = torch.zeros(())
 
         def reg_of(zc: torch.Tensor, i: int) -> torch.Tensor:  # encoding i's regulariser (its own directions' seed)
-            return regulariser(c.loss.regulariser, zc[:, ::c.loss.time_stride], step, num_slices=c.loss.num_slices,
-                               seed=c.train.seed + i, time_weight=c.loss.time_weight,
-                               spectral_slices=c.loss.spectral_slices, spectral_weight=c.loss.spectral_weight)
+            return regulariser(c.loss.regulariser, zc[:, ::c.loss.time_stride], step,
+                               **sigreg_kwargs(c.loss, c.train.seed + i))
 
         def tie(zc: torch.Tensor) -> torch.Tensor:  # replay distance of the tied dims
             return replay_distance(zc[..., :c.loss.replay_dims], c.loss.replay_norm)
@@ -247,32 +231,32 @@ class TeacherModule(L.LightningModule):
 
     # ------------------------------------------------------------------------------------------ Lightning hooks
     def training_step(self, batch, batch_idx):
+        """batch: a :class:`~neurojepa.data.windows.WindowBatch` (paired: rows B/2.. are the replay partners)."""
         step = int(self.global_step)
-        counts, state, paired = self.unpack(batch)
-        out = self.losses(counts, self._views(counts, step), step, state, paired)
-        if not torch.isfinite(out["loss"]):
-            # NaN guard: skip this update, stop, and let teach() report; the last checkpoint stays the good one
-            self.diverged_at = step
-            self.trainer.should_stop = True
-            log.error("teacher: non-finite loss at step %d; stopping", step)
+        counts = self.batch_counts(batch)
+        out = self.losses(counts, self._views(counts, step), step, batch.state, batch.paired)
+        loss = self.guard(out["loss"])  # NaN guard: skip, stop, and let the caller report (training.py)
+        if loss is None:
             return None
         self.log_dict({"train_loss": out["loss"], "train_pred": out["pred"], "train_reg": out["reg"],
                        "train_count": out["count"], "train_replay": out["replay"]},
-                      prog_bar=True, on_step=True, on_epoch=False)
-        loss = out["loss"]
-        if self.trainer.world_size > 1 and (self.state_readout is not None or len(self.state_keys) > 1):
-            # a state absent from this rank's batch (the gray block never is in a replay pair) leaves its read-out
-            # / read-in without a gradient, which DDP's buckets refuse: give them an exact zero
-            loss = loss + 0.0 * sum(p.sum() for p in self.parameters() if p.requires_grad)
+                      prog_bar=True, on_step=True, on_epoch=False, batch_size=len(batch))
+        if self.trainer.world_size > 1:
+            loss = loss + self.unused_parameter_zero()
         return loss
 
-    def on_before_optimizer_step(self, optimizer):
-        grads = [p.grad for p in self.parameters() if p.grad is not None]
-        if any(not torch.isfinite(g).all() for g in grads):
-            self.diverged_at = int(self.global_step)
-            self.trainer.should_stop = True
-            for g in grads:
-                g.zero_()
+    def batch_counts(self, batch) -> torch.Tensor:
+        """The counts (B, L, U) the loss reads from a batch (the multi-session teacher also picks its session)."""
+        return batch.counts
+
+    def unused_parameter_zero(self) -> torch.Tensor:
+        """An exact zero touching every trainable parameter. Under DDP a state absent from this rank's batch (the
+        gray block never is in a replay pair), or another rank's session, leaves its read-in / read-out without
+        a gradient, which DDP's buckets refuse (the alternative, find_unused_parameters, walks the graph each
+        step)."""
+        if self.state_readout is None and len(self.state_keys) == 1:
+            return torch.zeros(())
+        return 0.0 * sum(p.sum() for p in self.parameters() if p.requires_grad)
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         if self.target_net is not None:
@@ -282,12 +266,11 @@ class TeacherModule(L.LightningModule):
                     pt.mul_(d).add_(p.detach(), alpha=1 - d)
 
     def validation_step(self, batch, batch_idx):
-        counts, state, paired = self.unpack(batch)
-        # fixed views/directions every epoch
-        out = self.losses(counts, self._views(counts, batch_idx), batch_idx, state, paired)
+        counts = self.batch_counts(batch)  # fixed views/directions every epoch
+        out = self.losses(counts, self._views(counts, batch_idx), batch_idx, batch.state, batch.paired)
         self.log_dict({"val_loss": out["loss"], "val_pred": out["pred"], "val_reg": out["reg"],
                        "val_count": out["count"]},
-                      prog_bar=True, on_epoch=True, batch_size=counts.shape[0])
+                      prog_bar=True, on_epoch=True, batch_size=len(batch), sync_dist=True)
 
     def configure_optimizers(self):
         t = self.cfg.train

@@ -51,14 +51,17 @@ from typing import Sequence
 import lightning as L
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
 from ..errors import InputError, atomic_path
-from ..progress import progress_callbacks
 from ..runtime import set_torch_threads
 from .config import TeacherConfig, check_choices
 from .model import TeacherNet
 from .module import TeacherModule
-from .train import _GoodCheckpoint, run_dir, split_units, trainer_kwargs
+from ..data.samplers import SessionBatchSampler
+from ..data.windows import WindowDataset, collate_windows
+from ..training import best_val_loss, check_diverged, make_trainer, run_dir
+from .train import split_units, write_latents
 
 log = logging.getLogger(__name__)
 
@@ -87,11 +90,7 @@ class MultiSessionTeacher(TeacherModule):
         self.keys = [session_key(n) for n in self.names]
         if len(set(self.keys)) != len(self.keys):
             raise InputError("sessions", f"session names must be distinct, got {self.names}")
-        self.net = TeacherNet(dict(zip(self.keys, sessions.values())), width=m.width, embed_dim=m.embed_dim,
-                              kernel=m.kernel, dilations=tuple(m.dilations), horizon=m.horizon,
-                              predictor_hidden=m.predictor_hidden, seed=cfg.train.seed, smooth_bins=m.smooth_bins,
-                              input_transform=m.input_transform, linear_skip=m.linear_skip, view_mode=m.views,
-                              count_link=cfg.loss.count_link)
+        self.net = TeacherNet.from_config(cfg, dict(zip(self.keys, sessions.values())))
         if self.target_net is not None:
             self.target_net = copy.deepcopy(self.net).requires_grad_(False)
         self.session = self.keys[0]
@@ -130,67 +129,27 @@ class MultiSessionTeacher(TeacherModule):
             return None
         return [self.state_readouts[f"{self.session}@{i}"] for i in range(n)]
 
-    def _session_loss(self, batch: dict, step: int) -> tuple[dict, int]:
-        self.session = self.keys[int(batch["session"])]
-        x = batch["counts"][:, :, getattr(self, f"heldin_{self.session}")]
-        paired = bool(batch.get("paired", False))
-        return self.losses(x, self._views(x, step), step, batch.get("state"), paired), x.shape[0]
+    def batch_counts(self, batch) -> torch.Tensor:
+        """Switch to the batch's session; its held-in columns of the counts."""
+        self.session = self.keys[int(batch.session)]
+        return batch.counts[:, :, getattr(self, f"heldin_{self.session}")]
 
-    def training_step(self, batch, batch_idx):
-        step = int(self.global_step)
-        out, _ = self._session_loss(batch, step)
-        loss = out["loss"]
-        if not torch.isfinite(loss):
-            self.diverged_at = step
-            self.trainer.should_stop = True
-            log.error("teacher: non-finite loss at step %d; stopping", step)
-            return None
-        if self.trainer.world_size > 1:
-            # the other sessions' read-in/read-out get an exact-zero gradient on this rank: DDP's buckets expect
-            # a gradient for every parameter (the alternative, find_unused_parameters, walks the graph each step)
-            loss = loss + 0.0 * sum(p.sum() for p in self.net.readin.parameters()) \
-                + 0.0 * sum(p.sum() for p in self.net.count_readout.parameters()) \
-                + 0.0 * sum(p.sum() for p in (self.net.count_gain or {}).values())
-            if self.state_readouts is not None:
-                loss = loss + 0.0 * sum(p.sum() for p in self.state_readouts.parameters())
-        self.log_dict({"train_loss": out["loss"], "train_pred": out["pred"], "train_reg": out["reg"],
-                       "train_count": out["count"], "train_replay": out["replay"]},
-                      prog_bar=True, on_step=True, on_epoch=False,
-                      batch_size=batch["counts"].shape[0])
-        return loss
-
-    def validation_step(self, batch, batch_idx):
-        out, b = self._session_loss(batch, batch_idx)  # fixed views/directions every epoch
-        self.log_dict({"val_loss": out["loss"], "val_pred": out["pred"], "val_reg": out["reg"],
-                       "val_count": out["count"]}, prog_bar=True, on_epoch=True, batch_size=b, sync_dist=True)
+    def unused_parameter_zero(self) -> torch.Tensor:
+        """Every session's own parameters get an exact-zero gradient on a rank that did not see the session."""
+        return 0.0 * sum(p.sum() for p in self.parameters() if p.requires_grad)
 
 
-def _epoch_batch_sampler(*args, **kwargs):
-    """A :class:`SessionBatchSampler` whose ``sampler`` attribute is itself: Lightning calls ``set_epoch`` on a
-    loader's ``sampler`` and ``batch_sampler.sampler`` only, never on the batch sampler, which would otherwise
-    repeat epoch 0's batches every epoch."""
-    from ..data.multisession import SessionBatchSampler
-
-    class _Sampler(SessionBatchSampler):
-        @property
-        def sampler(self):
-            return self
-
-    return _Sampler(*args, **kwargs)
-
-
-class _MultiData(L.LightningDataModule):
-    """Streams train windows (rank-sliced :class:`SessionBatchSampler`, replay-paired batches for the sessions
-    :func:`session_pairs` pairs when ``loss.replay_weight`` > 0) and fixed val batches from the files."""
+class MultiSessionData(L.LightningDataModule):
+    """Streams train windows (rank-sliced :class:`~neurojepa.data.samplers.SessionBatchSampler`, replay-paired
+    batches for the sessions :func:`session_pairs` pairs when ``loss.replay_weight`` > 0) and fixed val batches
+    from the prepared files."""
 
     def __init__(self, dirs: list[Path], cfg: TeacherConfig, length: int):
         super().__init__()
-        from ..data.multisession import MultiSessionDataset
-
         t = cfg.train
         self.cfg, self.length = cfg, length
-        self.train_ds = MultiSessionDataset(dirs, window=length, stride=t.stride, split="train")
-        self.val_ds = MultiSessionDataset(dirs, window=length, stride=length, split="val")
+        self.train_ds = WindowDataset.from_prepared(dirs, length, t.stride, split="train")
+        self.val_ds = WindowDataset.from_prepared(dirs, length, length, split="val")
         empty = [d.name for d, (a, b) in zip(dirs, self.train_ds.session_ranges) if b == a]
         empty += [d.name for d, (a, b) in zip(dirs, self.val_ds.session_ranges) if b == a]
         if empty:
@@ -220,28 +179,20 @@ class _MultiData(L.LightningDataModule):
         return batches
 
     def train_dataloader(self):
-        from torch.utils.data import DataLoader
-
-        from ..data.multisession import collate_session_batch
-
         t, tr = self.cfg.train, self.trainer
         world, rank = (tr.world_size, tr.global_rank) if tr is not None else (1, 0)
         per_session = -(-t.steps_per_epoch * world // self.train_ds.n_sessions)  # ceil: >= steps_per_epoch per rank
-        sampler = _epoch_batch_sampler(self.train_ds, t.batch_size, batches_per_session=per_session, seed=t.seed,
+        sampler = SessionBatchSampler(self.train_ds, t.batch_size, batches_per_session=per_session, seed=t.seed,
                                       rank=rank, world_size=world, pairs=self.pairs)
-        return DataLoader(self.train_ds, batch_sampler=sampler, collate_fn=collate_session_batch)
+        return DataLoader(self.train_ds, batch_sampler=sampler, collate_fn=collate_windows)
 
     def val_dataloader(self):
-        from torch.utils.data import DataLoader
-
-        from ..data.multisession import collate_session_batch
-
-        return DataLoader(self.val_ds, batch_sampler=self.val_batches, collate_fn=collate_session_batch)
+        return DataLoader(self.val_ds, batch_sampler=self.val_batches, collate_fn=collate_windows)
 
 
 def session_pairs(ds, s: int, dataset_dir: Path, source: str = "active",
                   target: str = "passive") -> tuple[np.ndarray, np.ndarray] | None:
-    """Replay pairs of session ``s`` of the train :class:`~neurojepa.data.multisession.MultiSessionDataset` ``ds``:
+    """Replay pairs of session ``s`` of the train :class:`~neurojepa.data.windows.WindowDataset` ``ds``:
     (its ``source`` window starts (n,), their ``target`` partner starts (n,)) in bins, every partner a whole
     window inside a ``target`` train segment; None (logged) when the session has no replay or no pair.
 
@@ -256,8 +207,7 @@ def session_pairs(ds, s: int, dataset_dir: Path, source: str = "active",
         return None
     starts, codes = ds.windows(s)
     starts = starts[codes == names.index(source)]
-    segs, seg_codes = ds.segments(s)
-    allowed = [tuple(g) for g in segs[seg_codes == names.index(target)].tolist()]
+    allowed = ds.intervals(s)[0].keep([target]).tolist()
     partners = None
     if len(starts) and allowed:  # (replay_partners needs at least one allowed segment)
         ps = PreparedSession.load(dataset_dir)
@@ -308,9 +258,6 @@ def teach_many(dataset_dirs: Sequence[str | os.PathLike], out_dir, cfg: TeacherC
     ``best_val_loss``, ``world_size``, ``replay_pairs`` (summed over sessions), ``dataset_dirs``, ``config``.
     resume: continue from ``out_dir/last.ckpt`` (same steps as an uninterrupted run); full_eval: False scores
     only gt_r2 and the collapse metrics (:func:`evaluate_session`)."""
-    from lightning.pytorch.callbacks import EarlyStopping
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-
     from ..config import save_config, to_dict
     from ..data.dataset import PreparedSession
 
@@ -334,7 +281,7 @@ def teach_many(dataset_dirs: Sequence[str | os.PathLike], out_dir, cfg: TeacherC
                               heldout=heldout.tolist())
     m = cfg.model  # warm-up = the encoder's receptive field - 1 (TeacherNet.receptive_field)
     warm = m.smooth_bins + (m.kernel - 1) * sum(m.dilations) - 1
-    data = _MultiData(dirs, cfg, warm + cfg.train.window + m.horizon)  # the states and pairs come from the data
+    data = MultiSessionData(dirs, cfg, warm + cfg.train.window + m.horizon)  # the states and pairs come from the data
     for s, name in enumerate(names):
         sessions[name]["states"] = data.train_ds.state_names[s]
         sessions[name]["replay_pairs"] = int(len(data.pairs[s][0])) if s in data.pairs else 0
@@ -346,25 +293,15 @@ def teach_many(dataset_dirs: Sequence[str | os.PathLike], out_dir, cfg: TeacherC
         module.init_session_bias(key, torch.as_tensor(_mean_count(d, np.asarray(sessions[name]["heldin"])),
                                                       dtype=torch.float32))
 
-    ckpt = _GoodCheckpoint(dirpath=out, filename="best", monitor="val_loss", mode="min", enable_version_counter=False)
-    periodic = _GoodCheckpoint(dirpath=out, filename="last", every_n_epochs=1, enable_version_counter=False)
-    cbs = [ckpt, periodic, EarlyStopping("val_loss", patience=cfg.train.patience, mode="min")]
-    shown, bar = progress_callbacks("teacher", cfg.train.progress, ("train_loss", "val_loss", "val_count"))
-    cbs += shown
-    trainer = L.Trainer(default_root_dir=out, max_epochs=cfg.train.max_epochs, **trainer_kwargs(cfg.train),
-                        deterministic=True, callbacks=cbs + list(callbacks or []), gradient_clip_val=1.0,
-                        logger=[CSVLogger(out, name="logs", version="csv"),
-                                TensorBoardLogger(out, name="logs", version="tb")],
-                        log_every_n_steps=10, num_sanity_val_steps=0, enable_progress_bar=bar,
-                        enable_model_summary=False, use_distributed_sampler=False)
+    trainer = make_trainer(out, name="teacher", progress=cfg.train.progress, shown=("train_loss", "val_loss",
+                           "val_count"), train=cfg.train, max_epochs=cfg.train.max_epochs,
+                           patience=cfg.train.patience, tensorboard=True, callbacks=callbacks)
     if trainer.is_global_zero:
         save_config(cfg, out / "config.yaml")
         with atomic_path(out / "sessions.json") as tmp:
             tmp.write_text(json.dumps(sessions, indent=1))
     trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None)
-    if module.diverged_at is not None:
-        raise InputError("teacher", f"training diverged (non-finite loss or gradient at step {module.diverged_at}); "
-                                    f"the last good checkpoint is {last}; try a lower train.lr")
+    check_diverged(module, "teacher", last)
     if not trainer.is_global_zero:
         return None
     train_s = time.perf_counter() - t0
@@ -389,7 +326,7 @@ def teach_many(dataset_dirs: Sequence[str | os.PathLike], out_dir, cfg: TeacherC
                    if all("gt_r2" in m for m in per_session.values()) else None,
                    train_seconds=round(train_s, 2), epochs=int(trainer.current_epoch),
                    global_step=int(trainer.global_step), world_size=int(trainer.world_size),
-                   best_val_loss=float(ckpt.best_model_score) if ckpt.best_model_score is not None else None,
+                   best_val_loss=best_val_loss(trainer),
                    replay_pairs=int(sum(s["replay_pairs"] for s in sessions.values())),
                    dataset_dirs=[str(d) for d in dirs], config=to_dict(cfg))
     with atomic_path(out / "metrics.json") as tmp:
@@ -410,13 +347,3 @@ def evaluate_session(net, z: np.ndarray, session, counts: np.ndarray, heldin: np
     ctx = session_context(session, counts, heldout, cfg.eval.flash_window_ms)
     ctx.update(heldout_counts=None, labels=None)
     return score_latents(z, ctx) | dict(n_heldin_units=int(len(heldin)), n_heldout_units=int(len(heldout)))
-
-
-def write_latents(path: Path, z: np.ndarray, session, dataset_dir: str, heldin: np.ndarray,
-                  heldout: np.ndarray) -> None:
-    """The single teacher's ``latents.npz`` layout (latents (n_bins, D) float32, bin_size, t_start, ...)."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, latents=z, bin_size=float(session.bin_size), t_start=float(session.t_start),
-                     dataset_dir=str(dataset_dir), heldin_units=heldin, heldout_units=heldout,
-                     embed_dim=int(z.shape[1]))

@@ -146,10 +146,13 @@ def spectral_directions(z: torch.Tensor, count: int, distributed: bool | None = 
     return vecs[:, idx].to(z.dtype)
 
 
-def sigreg_sequence(z: torch.Tensor, step: int, *, num_slices: int = 64, seed: int = 0, time_weight: float = 0.25,
-                    t_max: float = 3.0, knots: int = 17, distributed: bool | None = None,
-                    spectral_slices: int = 0, spectral_weight: float = 1.0) -> torch.Tensor:
+def sigreg_sequence(z: torch.Tensor, step: int, *, num_slices: int, seed: int, time_weight: float,
+                    spectral_slices: int, spectral_weight: float, t_max: float = 3.0, knots: int = 17,
+                    distributed: bool | None = None) -> torch.Tensor:
     """SIGReg for a batch of latent trajectories z: (B, T, D) -> scalar.
+
+    The weights and slice counts are required (their defaults live in ``loss.*`` of the teacher's config:
+    :func:`sigreg_kwargs`); t_max and knots are the Epps-Pulley quadrature (the official code's).
 
     Per time step across the batch (each of the T clouds of B points should be N(0, I)) plus ``time_weight``
     times the statistic across time inside each window (each window's T points), the guard against a latent
@@ -202,6 +205,13 @@ def vicreg(z: torch.Tensor, gamma: float = 1.0, eps: float = 1e-4) -> torch.Tens
     off = cov - torch.diag_embed(torch.diagonal(cov, dim1=1, dim2=2))
     cov_term = off.square().sum((1, 2)).mean() / d
     return 25.0 * var_term + cov_term  # VICReg's default 25:1 ratio of variance to covariance weight
+
+
+def sigreg_kwargs(loss, seed: int) -> dict:
+    """The keyword options of :func:`sigreg_sequence` that a teacher config's ``loss`` section (a
+    :class:`~neurojepa.teacher.config.LossConfig`) sets, with the directions' ``seed``."""
+    return dict(num_slices=loss.num_slices, seed=seed, time_weight=loss.time_weight,
+                spectral_slices=loss.spectral_slices, spectral_weight=loss.spectral_weight)
 
 
 def regulariser(name: str, z: torch.Tensor, step: int, **sigreg_options) -> torch.Tensor:

@@ -8,9 +8,10 @@ on its train blocks. It then scores the new session on its test blocks with the 
 
 Decisions (docs/scale.md):
 
-- **A plain loop, not Lightning**: a few hundred steps over two small linear maps of one session, single
-  process. Windows are cut from counts in memory and drawn state-balanced by the single teacher's sampler
-  (:class:`~neurojepa.teacher.train.EpochSampler`, seeded), so the run is reproducible.
+- **The project's one Trainer** (:func:`~neurojepa.training.make_trainer`, no checkpoints: a few hundred steps
+  over two small linear maps of one session). Windows are cut from counts in memory
+  (:class:`~neurojepa.data.windows.WindowDataset`) and drawn state-balanced by the single teacher's sampler
+  (:class:`~neurojepa.data.samplers.StateBalancedBatches`, seeded), so the run is reproducible.
 - **Held-out units** as in the single teacher (:func:`~neurojepa.teacher.train.split_units`, teacher seed):
   the read-in sees held-in units only; held-out units score co-smoothing.
 - **Null**: the same frozen model with the new read-in as initialised (seeded, unfitted): how much of gt_r2 the
@@ -18,7 +19,7 @@ Decisions (docs/scale.md):
 - **State invariance as in training**: with the teacher's ``loss.state_readout`` the new session gets one count
   read-out per state (fitted with its read-in), and with ``loss.replay_weight`` > 0 its batches are its own
   replay pairs (half active train windows, half their passive partners, the single teacher's
-  :func:`~neurojepa.teacher.train.replay_dataset`) with the replay term in the loss; a session without a valid
+  :func:`~neurojepa.teacher.train.replay_pairs`) with the replay term in the loss; a session without a valid
   replay is fitted on state-balanced plain windows (logged, ``replay_pairs`` 0).
 - **Steps it took**: gt_r2 is measured every ``eval_every`` steps (ridge on all bins' latents, fit on train
   blocks, scored on test blocks); ``steps_to_final`` is the first measured step within 0.01 of the final gt_r2.
@@ -34,11 +35,13 @@ import logging
 import time
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import torch
 
 from ..errors import InputError, atomic_path
 from ..runtime import set_torch_threads
+from ..training import NanGuard
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +81,38 @@ def load_multisession_teacher(teacher_dir, extra: dict[str, list[int]] | None = 
     return module, cfg, sessions
 
 
+class ReadinFit(NanGuard, L.LightningModule):
+    """Fits ``params`` (a new session's maps) of a frozen multi-session teacher with its own loss; records the
+    loss every 25 steps and gt_r2 every ``eval_every`` steps (``curve``: a callable scoring the current net)."""
+
+    def __init__(self, teacher, params: list[torch.nn.Parameter], lr: float, weight_decay: float, steps: int,
+                 eval_every: int, curve):
+        super().__init__()
+        self.teacher, self.params, self.lr, self.weight_decay = teacher, params, lr, weight_decay
+        self.steps, self.eval_every, self.curve = steps, eval_every, curve
+        self.losses, self.replay_losses, self.eval_seconds = {}, {}, 0.0
+
+    def training_step(self, batch, batch_idx):
+        step = int(self.global_step) + 1  # the step being taken (the views' seed, as in the teacher's loop)
+        self.teacher.net.train()
+        out = self.teacher.losses(batch.counts, self.teacher._views(batch.counts, step), step, batch.state,
+                                  batch.paired)
+        if step % 25 == 0 or step == self.steps:
+            self.losses[step] = round(float(out["loss"].detach()), 5)
+            self.replay_losses[step] = round(float(out["replay"]), 5)
+        return self.guard(out["loss"])
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        step = int(self.global_step)
+        if self.eval_every and step % self.eval_every == 0 and step != self.steps:
+            t = time.perf_counter()
+            self.curve(step)
+            self.eval_seconds += time.perf_counter() - t
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.params, lr=self.lr, weight_decay=self.weight_decay)
+
+
 def transfer(dataset_dir, teacher_dir, out_dir, steps: int = 300, lr: float = 1e-2, eval_every: int = 50,
              baselines: bool = False, seed: int | None = None, full_eval: bool = True) -> Path:
     """Fit a new session's read-in to the frozen multi-session teacher in ``teacher_dir``; returns ``out_dir``.
@@ -97,8 +132,12 @@ def transfer(dataset_dir, teacher_dir, out_dir, steps: int = 300, lr: float = 1e
     from ..metrics.latent import ridge_r2
     from .config import TeacherConfig
     from .evaluate import score_latents, session_context
-    from .multisession import evaluate_session, session_key, write_latents
-    from .train import EpochSampler, Windows, _segments_with_states, replay_dataset, split_units
+    from .multisession import evaluate_session, session_key
+    from .train import write_latents
+    from ..data.samplers import StateBalancedBatches
+    from ..data.windows import WindowDataset, WindowSource, collate_windows
+    from ..training import check_diverged, make_trainer
+    from .train import replay_pairs, split_units
 
     if steps < 1:
         raise InputError("steps", f"must be >= 1, got {steps}")
@@ -151,39 +190,29 @@ def transfer(dataset_dir, teacher_dir, out_dir, steps: int = 300, lr: float = 1e
     curve = {0: gt_r2(z_null)}
 
     length = module.warm + cfg.train.window + cfg.model.horizon
-    segs, states = _segments_with_states(ps, "train")
-    # state codes travel with each window only where the per-state read-outs need them
-    codes = {st: i for i, st in enumerate(known_states)} if module.n_states.get(key, 0) > 1 \
-        and module.state_readouts is not None else None
-    ds = Windows(x, segs, length, cfg.train.stride, states, codes)
+    ds = WindowDataset([WindowSource.in_memory(x, ps.segments("train"), state_names=known_states)], length,
+                       cfg.train.stride)
     if len(ds) == 0:
         raise InputError(dataset_dir, f"too little train data for windows of {length} bins")
-    paired = replay_dataset(ps, x, ds, segs, states, [], codes) if cfg.loss.replay_weight > 0 else None
-    per_item = 2 if paired is not None else 1  # a pair is two windows: a batch keeps batch_size windows
-    ds = paired if paired is not None else ds
-    sampler = EpochSampler(ds.states, steps * (cfg.train.batch_size // per_item), seed)
-    loader = DataLoader(ds, batch_size=cfg.train.batch_size // per_item, sampler=sampler, drop_last=True)
-    opt = torch.optim.AdamW(trainable, lr=lr, weight_decay=cfg.train.weight_decay)
-    eval_s, losses, replay_losses = 0.0, {}, {}
+    pairs = replay_pairs(ps, ds, []) if cfg.loss.replay_weight > 0 else None
+    per_item = 2 if pairs is not None else 1  # a pair is two windows: a batch keeps batch_size windows
+    sampler = StateBalancedBatches(ds.windows(0)[1], steps * (cfg.train.batch_size // per_item),
+                                   cfg.train.batch_size // per_item, seed,
+                                   pairs=(0, *pairs) if pairs is not None else None)
+    loader = DataLoader(ds, batch_sampler=sampler, collate_fn=collate_windows)
+
+    def record(step: int) -> None:
+        curve[step] = gt_r2(encode())
+
+    fit = ReadinFit(module, trainable, lr, cfg.train.weight_decay, steps, eval_every, record)
+    out_dir = Path(out_dir)
+    trainer = make_trainer(out_dir, name="transfer", progress=cfg.train.progress, shown=("train_loss",),
+                           max_steps=steps, checkpoints=False)
     t1 = time.perf_counter()
-    for step, batch in enumerate(loader, start=1):  # fit_seconds: this loop's wall time less the gt_r2 checks
-        net.train()
-        xb, state, is_pair = module.unpack(batch)
-        out = module.losses(xb, module._views(xb, step), step, state, is_pair)
-        if not torch.isfinite(out["loss"]):
-            raise InputError("transfer", f"non-finite loss at step {step}; try a lower lr")
-        opt.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        opt.step()
-        if step % 25 == 0 or step == steps:
-            losses[step] = round(float(out["loss"].detach()), 5)
-            replay_losses[step] = round(float(out["replay"]), 5)
-        if eval_every and step % eval_every == 0 and step != steps:
-            t2 = time.perf_counter()
-            curve[step] = gt_r2(encode())
-            eval_s += time.perf_counter() - t2
-    fit_s = time.perf_counter() - t1 - eval_s
+    trainer.fit(fit, loader)  # fit_seconds: the fit's wall time less the gt_r2 checks
+    check_diverged(fit, "transfer", out_dir)
+    fit_s = time.perf_counter() - t1 - fit.eval_seconds
+    losses, replay_losses = fit.losses, fit.replay_losses
     z = encode()
     curve[steps] = gt_r2(z)
     metrics = evaluate_session(net, z, ps, counts, heldin, heldout, cfg, full_eval)
@@ -194,8 +223,7 @@ def transfer(dataset_dir, teacher_dir, out_dir, steps: int = 300, lr: float = 1e
                    steps=int(steps), fit_seconds=round(fit_s, 2), total_seconds=round(time.perf_counter() - t0, 2),
                    lr=float(lr), batch_size=int(cfg.train.batch_size),
                    gt_r2_curve=curve, steps_to_final=steps_to_final, train_loss=losses, train_replay=replay_losses,
-                   replay_pairs=len(paired) if paired is not None else 0, null=null)
-    out_dir = Path(out_dir)
+                   replay_pairs=len(pairs[0]) if pairs is not None else 0, null=null)
     out_dir.mkdir(parents=True, exist_ok=True)
     per_state = {f"state_readouts.{n}.{k}": v.detach().clone() for n, ro in (module.state_readouts or {}).items()
                  if n.startswith(f"{key}@") for k, v in ro.state_dict().items()}

@@ -1,10 +1,17 @@
-"""A tiny in-memory stand-in for :class:`neurojepa.data.dataset.PreparedSession`, for tests and benchmarks.
+"""Two small in-memory generators for tests, benchmarks and development (seconds to build, nothing on disk).
 
-Poisson counts from smooth low-dimensional latents with known ground truth, two states (``active``,
-``passive``) that change each unit's gain but not the latent dynamics, image flashes that push the latents,
-and the same attributes as a prepared session (``load_counts``, ``split``, ``labels``, ``segments``,
-``gt_latents``, ``bin_size``, ``t_start``). It is deliberately simple; the real simulator lives in
-``neurojepa.data.simulate``.
+:class:`ToySession`: a stand-in for :class:`neurojepa.data.dataset.PreparedSession` (an
+:class:`~neurojepa.data.arrays.ArraySession`) for the teacher. Poisson counts from smooth low-dimensional latents
+with known ground truth, two states (``active``, ``passive``) that change each unit's gain but not the latent
+dynamics, image flashes that push the latents, and the same attributes as a prepared session (``load_counts``,
+``split``, ``labels``, ``segments``, ``gt_latents``, ``bin_size``, ``t_start``).
+
+:func:`synthetic_session`: arrays for the student, counts ``(n_bins, n_units)``, a latent that plays the teacher
+and a split. A smooth latent (sum of random sinusoids, D dims) drives Poisson counts through a random log-linear
+map; contiguous blocks give a train/val/test split.
+
+Both are deliberately simple; the VBN-like simulator with a task, QC failures and NWB output is
+:mod:`neurojepa.synthetic.simulate`.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import pandas as pd
 from scipy.signal import lfilter
 
 from ..data.arrays import ArraySession
+from ..data.session import BIN_SIZE
 
 
 class ToySession(ArraySession):
@@ -25,7 +33,7 @@ class ToySession(ArraySession):
     def __init__(self, n_bins: int = 6000, n_units: int = 60, d: int = 4, seed: int = 0, rate_hz: float = 15.0,
                  tau_s: float = 0.15, n_images: int = 4, blocks_per_state: int = 10):
         rng = np.random.default_rng(seed)
-        self.bin_size, self.t_start, self.path = 0.01, 0.0, Path("toy")
+        self.bin_size, self.t_start, self.path = BIN_SIZE, 0.0, Path("toy")
         n = 2 * n_bins
         self.n_bins, self.n_units = n, n_units
         a = np.exp(-self.bin_size / tau_s)
@@ -71,3 +79,22 @@ class ToySession(ArraySession):
                 split[p] = k
         self.split = split.astype(str)
         self.unit_ids = np.arange(n_units, dtype=np.int64)
+
+
+def synthetic_session(n_units: int = 100, n_bins: int = 6000, d: int = 8, bin_size: float = BIN_SIZE,
+                      base_rate_hz: float = 6.0, seed: int = 0, block: int = 500, tuning: float = 0.15):
+    """Return counts (n_bins, n_units) uint8, latents (n_bins, d) float32, split (n_bins,) str array.
+
+    Blocks of ``block`` bins cycle through train, train, train, val, test so that every split sees all regimes."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n_bins) * bin_size
+    freqs = rng.uniform(0.1, 1.0, size=(d, 3))
+    phases = rng.uniform(0, 2 * np.pi, size=(d, 3))
+    z = np.sin(2 * np.pi * freqs[None] * t[:, None, None] + phases[None]).sum(-1)
+    z = (z - z.mean(0)) / z.std(0)
+    loading = rng.normal(0, tuning, size=(d, n_units))  # tuning 0.15, d 16: log-rate std ~0.6, moderate
+    rates = base_rate_hz * np.exp(z @ loading - 0.5 * (loading**2).sum(0))
+    counts = rng.poisson(np.minimum(rates * bin_size, 5.0)).astype(np.uint8)
+    kinds = np.array(["train", "train", "train", "val", "test"])
+    split = kinds[(np.arange(n_bins) // block) % len(kinds)]
+    return counts, z.astype(np.float32), split

@@ -69,8 +69,8 @@ from scipy.ndimage import gaussian_filter1d
 from scipy.signal import lfilter, oaconvolve
 
 from ..errors import InputError
-from .quality_metrics import firing_rate, isi_violations, presence_ratio
-from .session import (
+from ..data.quality_metrics import firing_rate, isi_violations, presence_ratio
+from ..data.session import (
     STATE_ACTIVE,
     STATE_PASSIVE,
     BehaviorSeries,
@@ -693,7 +693,7 @@ def parse_overrides(items) -> dict:
 
 
 def _write_nwb(session: Session, out: str | os.PathLike) -> Path:
-    from .nwb_write import write_session_nwb
+    from ..data.nwb_write import write_session_nwb
 
     if not isinstance(session.spikes, SimulatedSpikes):
         return write_session_nwb(session, out)
