@@ -1,13 +1,14 @@
 """The distillation step as a LightningModule: the whole training story on one screen.
 
 loss = cca_loss(student readout, teacher latents)            # minus the sum of canonical correlations (float64)
-       + homeostasis_weight * band_penalty(rates in Hz)      # 5-20 Hz per neuron
+       + homeostasis_weight * band_penalty(rates in Hz)      # rate_low_hz..rate_high_hz per neuron
        + l1_weight * mean |W_rec|                           # optional sparsity
        (+ rate_floor_hz, burst_weight terms: optional, off by default; see docs/student.md)
 
-Each batch is (counts (B, burn_in + window, n_in), teacher latents (B, burn_in + window, D)); the first burn_in bins
-only bring the network state out of its zero initial condition and are left out of both terms. A step with a
-non-finite loss is skipped (NaN guard) and counted; too many in a row stop training.
+Each batch is a WindowBatch: counts (B, burn_in + window, n_in) and the teacher's latents (B, burn_in + window, D);
+the first burn_in bins only bring the network state out of its zero initial condition and are left out of both
+terms. A step with a non-finite loss or gradient is skipped (NaN guard, training.py); MAX_BAD_STEPS in a row stop
+training with an error.
 """
 
 from __future__ import annotations
