@@ -31,7 +31,9 @@ def teacher_metrics(**over) -> dict:
                                                                           "passive->active": 0.82, "mean": 0.81},
              rankme=20.0, embed_dim=32, per_dim_std=list(np.linspace(0.2, 1.0, 32)), sigreg_heldout=0.05,
              cobps=0.12, cobps_per_state=0.13, forecast_r2=0.6, decoding=_decoding(0.8), train_seconds=12.0,
+             cobps_cross_state=0.05, forecast_r2_cross_state=0.5,
              baselines={"pca": dict(gt_r2=0.7, cobps=0.1, cobps_per_state=0.11, rankme=9.0, gt_r2_cross_state=0.5,
+                                    cobps_cross_state=0.02,
                                     gt_r2_cross_state_pairs={"active->passive": 0.5, "passive->active": 0.5},
                                     decoding=_decoding(0.7)),
                         "raw": dict(gt_r2=0.6, cobps=0.05, rankme=15.0, gt_r2_cross_state=0.45, decoding=_decoding(0.65))})
@@ -43,7 +45,8 @@ def student_metrics(**over) -> dict:
     s = dict(cca_heldout=list(np.linspace(0.95, 0.6, 8)), cca_heldout_mean=0.8, cca_null_mean=0.05,
              frac_in_band=0.95, rate_band_hz=[5.0, 20.0], dale_violations=0, cv_isi_median=0.9, rate_hz_median=9.0,
              n_exc=40, n_inh=10,
-             decoding=_decoding(0.78), cca_heldout_mean_unconstrained=0.85, cca_cross_state={"active->passive": 0.6})
+             decoding=_decoding(0.78), cca_heldout_mean_unconstrained=0.85, cca_cross_state=0.6,
+             cca_cross_state_pairs={"active->passive": 0.6, "mean": 0.6}, cca_cross_state_null=0.01)
     s.update(over)
     return s
 
@@ -232,6 +235,7 @@ def test_targets_pass_on_values_meeting_them():
     ("teacher", "gt_r2", 0.89, "gt_r2"),
     ("teacher", "rankme", 15.9, "rankme"),  # 0.5 * 32 = 16
     ("teacher", "cobps", 0.09, "cobps vs PCA"),  # PCA has 0.1
+    ("teacher", "cobps_cross_state", 0.01, "cobps_cross_state vs PCA"),  # PCA has 0.02
     ("student", "cca_heldout_mean", 0.69, "cca_heldout_mean"),
     ("student", "cca_null_mean", 0.2, "cca_null_mean"),  # strictly below 0.2
     ("student", "frac_in_band", 0.89, "frac_in_band"),

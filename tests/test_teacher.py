@@ -279,3 +279,35 @@ def test_validation_batches_carry_their_own_windows_states(toy, tmp_path):
     state = toy.labels["state"].to_numpy().astype(str)
     assert len(seen) > 4 and len({name for name, _ in seen}) > 1  # a mixed, shuffled val set
     assert all(name == state[start] for name, start in seen)
+
+
+def test_per_state_regulariser_is_decided_from_the_data_and_equals_the_pooled_one_for_one_state():
+    """``loss.reg_per_state=auto`` turns SIGReg-within-each-state on for >= 2 states without replay pairs only (one
+    process); with one state in the batch it is exactly the pooled regulariser, with two it differs."""
+    from neurojepa.teacher.module import TeacherModule
+    from neurojepa.teacher.train import per_state_regulariser
+
+    cfg = small_cfg()
+    assert per_state_regulariser(cfg, paired=False, n_states=2)
+    assert not per_state_regulariser(cfg, paired=True, n_states=3)  # VBN: the replay ties the states
+    assert not per_state_regulariser(cfg, paired=False, n_states=1)
+    cfg.train.devices = 2
+    assert not per_state_regulariser(cfg, paired=False, n_states=2)  # its SIGReg groups would differ between ranks
+    cfg.train.devices, cfg.loss.reg_per_state = 1, "never"
+    assert not per_state_regulariser(cfg, paired=False, n_states=2)
+    cfg.loss.reg_per_state = "always"
+    assert per_state_regulariser(cfg, paired=True, n_states=1)
+
+    cfg = small_cfg()
+    torch.manual_seed(0)
+    mod = TeacherModule(cfg, n_units=12, n_states=2)
+    length = mod.warm + cfg.train.window + cfg.model.horizon
+    x = torch.poisson(torch.full((16, length, 12), 0.5), generator=torch.Generator().manual_seed(1))
+    views = mod._views(x, 0)
+    reg = {}
+    for on in (False, True):
+        mod.reg_per_state = on
+        for name, state in (("one", torch.zeros(16, dtype=torch.int64)), ("two", torch.tensor([0, 1] * 8))):
+            reg[on, name] = float(mod.losses(x, views, 0, state)["reg"])
+    assert reg[True, "one"] == pytest.approx(reg[False, "one"], rel=1e-6)
+    assert reg[True, "two"] != pytest.approx(reg[False, "two"], rel=1e-3)

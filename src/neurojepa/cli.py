@@ -30,18 +30,24 @@ def _add_simulate(sub) -> None:
                    help="K sessions sharing latent dynamics, different neurons: OUT/session_00.nwb ... (docs/scale.md)")
     p.add_argument("--units", type=int, default=None, help="number of units (default: preset's)")
     p.add_argument("--minutes", type=float, default=None, help="minutes per task block (default: preset's)")
-    p.add_argument("--preset", choices=["default", "vbn"], default="default",
-                   help="'default': ~400 units, two ~15 min blocks; 'vbn': full size, ~2,000 units, ~2.5 h")
+    p.add_argument("--preset", choices=["default", "vbn", "generic"], default="default",
+                   help="'default': ~400 units, two ~15 min blocks; 'vbn': full size, ~2,000 units, ~2.5 h; "
+                        "'generic': 200 units, 24 min, a Lorenz latent, two behavioural states in "
+                        "/intervals/behavior_states (run it with --states-from behavior_states:state), no stimuli; "
+                        "--minutes is then the whole recording")
     p.add_argument("overrides", nargs="*", metavar="field=value",
-                   help="any simulator setting (SimConfig in synthetic/simulate.py), e.g. vbn_blocks=false")
+                   help="any simulator setting (SimConfig in synthetic/simulate.py, GenericConfig in "
+                        "synthetic/generic.py for --preset generic), e.g. vbn_blocks=false")
     p.set_defaults(func=_run_simulate)
 
 
 def _run_simulate(args) -> int:
     from .synthetic.simulate import parse_overrides, simulate_sessions_to_nwb, simulate_to_nwb
 
-    overrides = parse_overrides(args.overrides)
+    overrides = parse_overrides(args.overrides, args.preset)
     if args.sessions is not None:
+        if args.preset == "generic":
+            raise InputError("simulate", "--sessions is not available for --preset generic")
         if overrides:
             raise InputError("simulate", "field=value settings apply to one session (not with --sessions)")
         for path in simulate_sessions_to_nwb(args.out, args.sessions, seed=args.seed, n_units=args.units,

@@ -222,7 +222,8 @@ class Pipeline:
                 out.append("no ground-truth latents: gt_r2 and gt_r2_cross_state are not available")
             states = sorted(set(np.asarray(ps.labels["state"]).astype(str)) - {""})
             if len(states) < 2:
-                out.append(f"one state ({', '.join(states) or 'none'}): cross-state metrics are not available")
+                out.append(f"one state ({', '.join(states) or 'none'}): cross-state metrics (cobps_cross_state, "
+                           "forecast_r2_cross_state, gt_r2_cross_state, cross-state decoding) are not available")
             if not (ps.labels["image"].astype(str) != "").any():
                 out.append("no image presentations: image and change decoding are not available")
             if ps.n_units < 10:
@@ -257,8 +258,11 @@ def run_status(out: str | Path) -> dict | None:
 
 def _write_status(out: Path, state: str, stage: str | None = None, error: str | None = None,
                   seconds: float | None = None, stages: dict | None = None) -> None:
+    # the kernel's high-water mark, or a stage's sampled peak if higher: per-thread RSS counters are synced
+    # lazily, so a sample taken by the watcher thread can exceed VmHWM read later by a few hundred kB
+    peak = max([peak_memory_mb(), *(st.get("peak_mb") or 0.0 for st in (stages or {}).values())])
     doc = {"state": state, "stage": stage, "error": error, "seconds": seconds, "stages": stages or {},
-           "peak_mb": peak_memory_mb(), "version": __version__}
+           "peak_mb": peak, "version": __version__}
     with atomic_path(out / "status.json") as tmp:
         tmp.write_text(json.dumps(doc, indent=2))
 

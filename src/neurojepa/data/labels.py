@@ -13,7 +13,8 @@ Which time of the bin a label refers to (decided once, here):
   within the next 250 ms; the bin holding a mid-bin onset still shows the previous ``image``); ``licks`` counts
   lick times in ``[t_k, t_{k+1})``; ``running`` is the mean running speed (cm/s) of the samples in the bin,
   linearly interpolated at the bin centre when no sample falls in it (NaN beyond the first/last sample and
-  without running data).
+  without running data); every other sampled behaviour stream (``pupil_area``, position, head direction: anything
+  with samples in ``session.behavior``) gets a column of its own, binned the same way.
 
 A *flash* is a row of ``session.stimuli`` with an ``image_name`` (the change-detection images, ``omitted``
 rows included); gabor and full-field-flash presentations without an image name are not flashes here.
@@ -68,12 +69,17 @@ def _last_before(onsets: np.ndarray, t: np.ndarray, epoch_start: np.ndarray) -> 
 
 
 def _running(session: Session, edges: np.ndarray) -> np.ndarray:
+    return _sampled(session.behavior.get("running_speed"), edges)
+
+
+def _sampled(series, edges: np.ndarray, column: int = 0) -> np.ndarray:
+    """(n_bins,) mean of a sampled stream's ``column`` per bin, interpolated at the bin centre in empty bins (NaN
+    beyond the first/last sample and without data)."""
     n_bins = len(edges) - 1
-    series = session.behavior.get("running_speed")
     if series is None or series.data is None or len(series.timestamps) == 0:
         return np.full(n_bins, np.nan)
     ts = np.asarray(series.timestamps, dtype=np.float64)
-    v = np.asarray(series.data, dtype=np.float64).reshape(len(ts), -1)[:, 0]
+    v = np.asarray(series.data, dtype=np.float64).reshape(len(ts), -1)[:, column]
     good = np.isfinite(ts) & np.isfinite(v)
     ts, v = ts[good], v[good]
     order = np.argsort(ts, kind="stable")
@@ -85,6 +91,28 @@ def _running(session: Session, edges: np.ndarray) -> np.ndarray:
     centres = 0.5 * (edges[:-1] + edges[1:])
     out = np.interp(centres, ts, v, left=np.nan, right=np.nan) if len(ts) else np.full(n_bins, np.nan)
     np.divide(total, count, out=out, where=count > 0)
+    return out
+
+
+# streams with their own label columns (or none: event streams); the other sampled streams become columns below
+_OWN_COLUMNS = ("running_speed", "licks", "rewards")
+LABEL_COLUMNS = ("time", "state", "block", "image", "is_change", "omitted", "time_since_flash", "running", "licks",
+                 "trial_outcome")
+
+
+def _other_streams(session: Session, edges: np.ndarray) -> dict[str, np.ndarray]:
+    """Every other sampled behaviour stream (``pupil_area``, position, head direction, ...), binned like running:
+    one column per stream, ``name_i`` per column of a multi-column stream; names clashing with a label are
+    prefixed ``behavior_``."""
+    out: dict[str, np.ndarray] = {}
+    for name, series in sorted(session.behavior.items()):
+        if name in _OWN_COLUMNS or series is None or series.data is None or len(series.timestamps) == 0:
+            continue
+        k = np.asarray(series.data).reshape(len(series.timestamps), -1).shape[1]
+        for j in range(k):
+            col = name if k == 1 else f"{name}_{j}"
+            col = f"behavior_{col}" if col in LABEL_COLUMNS else col
+            out[col] = _sampled(series, edges, j)
     return out
 
 
@@ -102,7 +130,8 @@ def bin_labels(session: Session, edges: np.ndarray) -> pd.DataFrame:
 
     Columns: ``time`` (float64 s, bin start), ``state`` (str), ``block`` (int64), ``image`` (str),
     ``is_change`` (bool), ``omitted`` (bool), ``time_since_flash`` (float64 s), ``running`` (float64 cm/s),
-    ``licks`` (int64), ``trial_outcome`` (str). See the module docstring for the exact definitions.
+    ``licks`` (int64), ``trial_outcome`` (str); then one float64 column per other sampled behaviour stream
+    (e.g. ``pupil_area``; see :func:`_other_streams`), binned like ``running``. See the module docstring.
     """
     edges = np.asarray(edges, dtype=np.float64)
     t = edges[:-1]
@@ -158,5 +187,6 @@ def bin_labels(session: Session, edges: np.ndarray) -> pd.DataFrame:
             "running": _running(session, edges),
             "licks": _licks(session, edges),
             "trial_outcome": outcome,
+            **_other_streams(session, edges),
         }
     )

@@ -10,7 +10,8 @@ Layout (what :func:`neurojepa.data.nwb_read.open_session` reads back):
 - ``/intervals/<stimulus_name>_presentations``: one TimeIntervals per stimulus name with all presentation
   columns (row ids = the row's position in ``session.stimuli``); ``/intervals/trials``; ``/intervals/epochs``
   with the state timeline (``tags`` = [state], plus ``state``, ``block``, ``stimulus_name``), so that generic
-  tools and ``--states-from epochs:state`` see the states too;
+  tools and ``--states-from epochs:state`` see the states too (``session.metadata["epochs_table"] = NAME`` writes
+  it as ``/intervals/NAME`` instead, as a generic recording's state table);
 - ``processing/running/speed``, ``processing/licking/licks``, ``processing/rewards/volume``,
   ``acquisition/EyeTracking/pupil_area``, other behaviour streams in ``processing/behavior/<name>``;
 - ``processing/ground_truth`` when ``session.ground_truth`` is set: TimeSeries ``latents`` (T, D) with
@@ -206,7 +207,12 @@ def _add_intervals(nwb: NWBFile, session: Session) -> None:
     ep = session.epochs.reset_index(drop=True)
     if len(ep):
         ep = ep.assign(tags=[[str(s)] for s in ep["state"]])
-        nwb.epochs = _intervals("epochs", "state timeline (blocks)", ep, np.arange(len(ep), dtype=np.int64))
+        name = session.metadata.get("epochs_table", "epochs")  # another name: a plain intervals table
+        table = _intervals(name, "state timeline (blocks)", ep, np.arange(len(ep), dtype=np.int64))
+        if name == "epochs":
+            nwb.epochs = table
+        else:
+            nwb.add_time_intervals(table)
 
 
 def _series(name: str, b: BehaviorSeries, unit: str, cls=TimeSeries, **kw) -> TimeSeries:

@@ -9,7 +9,8 @@ Every function takes the ridge from its caller (the student's ``ridge`` option):
 In-sample CCA is strongly inflated when dimensions are many (independent noise gives large values), so the success
 measure is :func:`heldout_cca`: directions fit on training blocks, correlations measured on test blocks; and
 :func:`null_heldout_cca` repeats it against circularly time-shifted teacher latents (keeps each series' own
-autocorrelation, destroys the alignment), which should be near zero.
+autocorrelation, destroys the alignment), which should be near zero. :func:`cca_cross_state` fits the directions on
+one state's training blocks and scores them on another state's test blocks (does the alignment hold across states?).
 
 :func:`cca_loss` is the differentiable torch version used for distillation (Deep-CCA style): minus the sum of
 canonical correlations, computed in float64 through the nuclear norm of the whitened cross-covariance, whose gradient
@@ -92,6 +93,30 @@ def heldout_cca(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_
     fit = fit_cca(x_train, y_train, ridge)
     u, v = fit.transform(x_test, y_test)
     return _columnwise_corr(u, v)
+
+
+def cca_cross_state(x: np.ndarray, y: np.ndarray, state: np.ndarray, train: np.ndarray, test: np.ndarray,
+                    ridge: float, sources: list[str], targets: list[str], min_rows: int = 0) -> dict:
+    """Cross-state held-out CCA: for each source state A, CCA directions fit on the rows ``train & (state == A)``
+    (once per A), and the mean over canonical pairs of the correlations on the rows ``test & (state == B)`` of every
+    target state B != A. x: (n, p), y: (n, q), state: (n,) str, train/test: (n,) bool. Pairs with fewer than
+    ``min_rows`` rows on either side are left out. Returns ``{"A->B": mean corr, ..., "mean": over the pairs}``
+    ({} when no pair qualifies)."""
+    state = np.asarray(state).astype(str)
+    train, test = np.asarray(train, bool), np.asarray(test, bool)
+    out: dict = {}
+    for a in sources:
+        tr = train & (state == a)
+        pairs = [(b, test & (state == b)) for b in targets if b != a]
+        pairs = [(b, te) for b, te in pairs if te.sum() >= max(min_rows, 2)]
+        if tr.sum() < max(min_rows, 2) or not pairs:
+            continue
+        fit = fit_cca(x[tr], y[tr], ridge)
+        for b, te in pairs:
+            out[f"{a}->{b}"] = float(np.mean(_columnwise_corr(*fit.transform(x[te], y[te]))))
+    if out:
+        out["mean"] = float(np.mean(list(out.values())))
+    return out
 
 
 def circular_shift(y: np.ndarray, rng: np.random.Generator, min_frac: float = 0.2) -> np.ndarray:

@@ -145,3 +145,45 @@ def cobps_per_group(latents, heldout_counts: np.ndarray, train: np.ndarray, test
         parts.append((te[groups[te] == g], _fit_glm(latents, heldout_counts, fit, l2,
                                                     max(max_train // len(names), min_train))))
     return _score(latents, heldout_counts, parts)
+
+
+def cobps_cross_state(latents, heldout_counts: np.ndarray, state: np.ndarray, split: np.ndarray,
+                      states: list[str] | None = None, l2: float = 1e-3, max_train: int = 10_000,
+                      min_train: int = 500) -> tuple[dict, dict]:
+    """Co-smoothing bits/spike across states: the Poisson GLM of :func:`cobps` fit on state A's train rows and
+    scored on state B's test rows, for every ordered pair of ``states`` (default: all non-empty ones).
+
+    latents, heldout_counts: as :func:`cobps`; state: (n_bins,) str; split: (n_bins,) 'train'|'val'|'test'|''.
+    One GLM per state, fit on at most ``max(max_train // len(states), min_train)`` evenly spaced train rows of that
+    state (the states share the fit budget, as :func:`cobps_per_group`'s groups do); a state with no more train rows
+    than latent dims gets no GLM, one with fewer than two test rows is not scored.
+
+    Null (as :func:`cobps`): each held-out unit's mean count on the *scored* rows, i.e. state B's test rows, so
+    A->B measures how well A's read-out predicts B's spikes beyond B's own mean rates (a rate shift between states
+    that the latents do not carry counts against the latents).
+
+    Returns ``(cross, within)``: cross = ``{"A->B": bits, ..., "mean": mean over ordered pairs}``; within =
+    ``{"B": bits of B's GLM on B's test rows, ..., "mean": mean over the states with a cross pair}`` (the reference
+    the cross numbers drop from). Both empty when fewer than two states can be paired."""
+    state = np.asarray(state).astype(str)
+    split = np.asarray(split).astype(str)
+    states = list(states or sorted(s for s in np.unique(state) if s))
+    if len(states) < 2:
+        return {}, {}
+    cap = max(max_train // len(states), min_train)
+    glms = {s: _fit_glm(latents, heldout_counts, (state == s) & (split == "train"), l2, cap) for s in states
+            if ((state == s) & (split == "train")).sum() > latents.shape[1]}
+    tests = {s: np.flatnonzero((state == s) & (split == "test")) for s in states}
+    cross: dict = {}
+    for a in glms:
+        for b in states:
+            if a != b and len(tests[b]) > 1:
+                cross[f"{a}->{b}"] = _score(latents, heldout_counts, [(tests[b], glms[a])])
+    if not cross:
+        return {}, {}
+    paired = sorted({p.split("->")[1] for p in cross})
+    within = {b: _score(latents, heldout_counts, [(tests[b], glms[b])]) for b in paired if b in glms}
+    cross["mean"] = float(np.mean(list(cross.values())))
+    if within:
+        within["mean"] = float(np.mean(list(within.values())))
+    return cross, within

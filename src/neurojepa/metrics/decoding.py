@@ -11,6 +11,10 @@ window after onset), the unit that image identity and change detection are defin
 
 :func:`decoding_report` is the protocol teacher, student and baselines share: image identity, is_change, lick and
 hit-vs-miss from flash features, within each state (train blocks -> test blocks) and across states.
+
+:func:`behaviour_decoding` does the same for continuous behaviour (running speed, pupil and any other
+float behaviour column of the labels, :func:`behaviour_targets`): a ridge read-out (``latent.ridge_r2``) from the
+per-bin latents, fit on one state's train blocks, R^2 on that state's test blocks (within) and the other's (cross).
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from sklearn.metrics import balanced_accuracy_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from .latent import ridge_r2
+from . import rows as _rows
 from .rows import block_rows, take_rows
 
 
@@ -148,4 +154,91 @@ def decoding_report(z: np.ndarray, labels, split: np.ndarray, bin_size: float, w
                 if a != b and task in ("image", "is_change"):
                     res = decode(x, y, (st == a) & (sp == "train"), (st == b) & (sp == "test"), seed=seed)
                     out["cross"].setdefault(f"{a}->{b}", {})[task] = res
+    return out
+
+
+# label columns that are not continuous behaviour (data/labels.py); "running" is renamed below
+_NOT_BEHAVIOUR = {"time", "state", "block", "image", "is_change", "omitted", "time_since_flash", "trial_outcome",
+                  "running", "licks"}
+
+
+def behaviour_targets(labels, bin_size: float) -> dict[str, np.ndarray]:
+    """{name: (n_bins,) float64} continuous behaviour of the labels (NaN where unknown): ``running_speed`` (cm/s,
+    the ``running`` column) and every other numeric column that is not a task label (e.g. ``pupil_area``, position
+    or head-direction streams). Licks are events, not a continuous behaviour: a ridge R^2 of a lick rate across
+    states mostly measures that one state does not lick (the flash decoding's ``lick`` task covers them).
+    Columns without two distinct finite values are left out. ``bin_size`` (s) is kept for rate-like targets."""
+    out: dict[str, np.ndarray] = {}
+    if "running" in labels:
+        out["running_speed"] = labels["running"].to_numpy(dtype=np.float64, na_value=np.nan)
+    for col in labels.columns:
+        if col in _NOT_BEHAVIOUR or col in out:
+            continue
+        kind = getattr(labels[col].dtype, "kind", "O")
+        if kind in "fiu":
+            out[str(col)] = labels[col].to_numpy(dtype=np.float64, na_value=np.nan)
+    return {k: v for k, v in out.items() if len(np.unique(v[np.isfinite(v)])) > 1}
+
+
+class _RowCache:
+    """A row source (rows.py) that keeps the blocks of rows it was asked for, up to ``max_bytes``: the ridge fits
+    of one source state read the same train blocks in several passes, and a computed row source (the ``raw``
+    baseline's smoothed counts) would otherwise filter them again on every pass. Same values as ``x``."""
+
+    def __init__(self, x, max_bytes: int):
+        self.x, self.shape, self.max_bytes, self.used, self.blocks = x, x.shape, max_bytes, 0, {}
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64)
+        key = (len(rows), rows.tobytes())
+        hit = self.blocks.get(key)
+        if hit is None:
+            hit = np.asarray(take_rows(self.x, rows))
+            if self.used + hit.nbytes <= self.max_bytes:
+                self.blocks[key], self.used = hit, self.used + hit.nbytes
+        return hit
+
+
+def behaviour_decoding(z, labels, split: np.ndarray, bin_size: float, train_states: list[str] | None = None,
+                       test_states: list[str] | None = None, rows: np.ndarray | None = None) -> dict:
+    """Ridge decoding of continuous behaviour (:func:`behaviour_targets`) from latents z (n_bins, D), an array
+    or a row source (rows.py), within and across states.
+
+    For each behaviour and each source state A (``train_states``, default :func:`compare_states`): a ridge map
+    (``latent.ridge_r2``: standardised features, strength by leave-one-out) fit on A's train blocks, scored R^2 on
+    A's test blocks ("within") and on every other target state B's test blocks ("cross", ``"A->B"``; targets:
+    ``test_states``, default the compared states). Bins where the behaviour is not finite are left out; ``rows``
+    (n_bins,) bool limits every fit and score further (e.g. the student's bins after its burn-in).
+    Returns {name: {"within": {A: r2}, "cross": {"A->B": r2}, "within_mean", "cross_mean"}} (a mean is None
+    without entries); {} when the labels have no behaviour or no state."""
+    if labels is None or "state" not in labels:
+        return {}
+    state = labels["state"].to_numpy().astype(str)
+    split = np.asarray(split).astype(str)
+    ok = np.ones(len(split), bool) if rows is None else np.asarray(rows, bool)
+    states = compare_states(state)
+    sources = list(train_states) if train_states else states
+    targets = list(test_states) if test_states else states
+    out: dict = {}
+    x = z if isinstance(z, np.ndarray) else _RowCache(z, 4 * _rows.BLOCK_BYTES)  # bounded: 4 blocks' bytes
+    for name, y in behaviour_targets(labels, bin_size).items():
+        good = ok & np.isfinite(y)
+        res: dict = {"within": {}, "cross": {}}
+        for a in sources:
+            tr = good & (state == a) & (split == "train")
+            if tr.sum() <= z.shape[1] or len(np.unique(y[tr])) < 2:
+                continue
+            for b in [a] + [t for t in targets if t != a]:
+                te = good & (state == b) & (split == "test")
+                if te.sum() < 2:
+                    continue
+                r2 = ridge_r2(x, y, tr, te)
+                if b == a:
+                    res["within"][a] = r2
+                else:
+                    res["cross"][f"{a}->{b}"] = r2
+        if res["within"] or res["cross"]:
+            res["within_mean"] = float(np.mean(list(res["within"].values()))) if res["within"] else None
+            res["cross_mean"] = float(np.mean(list(res["cross"].values()))) if res["cross"] else None
+            out[name] = res
     return out

@@ -174,3 +174,80 @@ def forecast_r2_blocks(blocks) -> float:
     sst = s2 - s1 * s1 / n
     dims = np.where(sst > 0, 1.0 - sse / np.where(sst > 0, sst, 1.0), np.where(sse == 0, 1.0, 0.0))
     return float(dims.mean())
+
+
+class FutureRows:
+    """Row source (rows.py) of the future of a latent: ``take(rows)`` = ``[z[t+1], ..., z[t+K]]`` for each row t,
+    (len(rows), K * D) in horizon-major order (as a (n, K, D) forecast reshaped). Valid for rows t < n - K."""
+
+    def __init__(self, z, horizon: int):
+        self.z, self.horizon = z, int(horizon)
+        self.shape = (z.shape[0], self.horizon * z.shape[1])
+
+    def take(self, rows) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64)
+        return np.concatenate([take_rows(self.z, rows + j) for j in range(1, self.horizon + 1)], axis=1)
+
+
+def forecast_readout_r2(z, horizon: int, fit_rows, score_rows, alphas=(1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0),
+                        max_train: int = 10_000) -> float:
+    """R^2 of the linear forecast read-out of :func:`forecast_r2_cross_state` fit on ``fit_rows`` and scored on
+    ``score_rows`` (masks or indices of forecast origins: rows whose next ``horizon`` rows exist in their run);
+    NaN when there are no more fit rows than latent dims or fewer than two score rows."""
+    fit = _forecast_fit(z, horizon, fit_rows, alphas, max_train)
+    rows = as_rows(score_rows, z.shape[0])
+    return _forecast_score(z, horizon, fit, rows) if fit is not None and len(rows) > 1 else float("nan")
+
+
+def _forecast_fit(z, horizon: int, rows, alphas, max_train: int):
+    """(mu, sd, coef, intercept) of the ridge z_t -> future (standardised features) on at most ``max_train``
+    evenly spaced ``rows``; None with no more rows than latent dims."""
+    tr = as_rows(rows, z.shape[0])
+    if len(tr) <= z.shape[1]:
+        return None
+    if len(tr) > max_train:
+        tr = tr[np.linspace(0, len(tr) - 1, max_train).astype(int)]
+    x = np.asarray(take_rows(z, tr), dtype=np.float64)
+    mu, sd = x.mean(0), x.std(0) + 1e-8
+    y = FutureRows(z, horizon).take(tr).astype(np.float64)
+    return (mu, sd, *_ridge_loo_rows(x, y, np.arange(len(tr)), alphas, mu, sd))
+
+
+def _forecast_score(z, horizon: int, fit, rows: np.ndarray) -> float:
+    """forecast R^2 of the read-out ``fit`` on ``rows``, a block at a time (:func:`forecast_r2_blocks`)."""
+    mu, sd, coef, intercept = fit
+    future = FutureRows(z, horizon)
+    width = z.shape[1] + 2 * future.shape[1]  # features, forecast and target per row
+    return forecast_r2_blocks(((b - mu) / sd @ coef + intercept, future.take(rows[pos]))
+                              for pos, b in row_blocks(z, rows, width=width))
+
+
+def forecast_r2_cross_state(z, horizon: int, origins: np.ndarray, state: np.ndarray, split: np.ndarray,
+                            states: list[str] | None = None, alphas=(1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0),
+                            max_train: int = 10_000) -> tuple[dict, dict]:
+    """Forecast R^2 across states: a linear forecast read-out z_t -> (z_{t+1}, ..., z_{t+K}) (ridge, strength by
+    leave-one-out as :func:`ridge_r2`; the form of a linear predictor) fit on state A's train rows, scored with
+    :func:`forecast_r2_blocks` (R^2 pooled over horizons and dims, as ``forecast_r2``) on state B's test rows.
+
+    z: (n, D) latents (an array or a row source); horizon: K; origins: (n,) bool, the rows t whose next K rows lie
+    in the same split run (the caller's: t in [a, b - K) of each train and test segment); state, split: (n,) str.
+    Fit rows: at most ``max_train`` evenly spaced train origins of the state. Returns ``(cross, within)`` as
+    :func:`neurojepa.metrics.cobps.cobps_cross_state`: cross ``{"A->B": r2, ..., "mean"}``, within ``{"B": r2 of
+    B's read-out on B's test rows, ..., "mean"}``; both empty when fewer than two states can be paired."""
+    state, split = np.asarray(state).astype(str), np.asarray(split).astype(str)
+    origins = np.asarray(origins, dtype=bool)
+    states = list(states or sorted(s for s in np.unique(state) if s))
+    fits = {s: _forecast_fit(z, horizon, origins & (state == s) & (split == "train"), alphas, max_train)
+            for s in states}
+    fits = {s: f for s, f in fits.items() if f is not None}
+    tests = {s: np.flatnonzero(origins & (state == s) & (split == "test")) for s in states}
+    cross = {f"{a}->{b}": _forecast_score(z, horizon, fits[a], tests[b])
+             for a in fits for b in states if a != b and len(tests[b]) > 1}
+    if not cross:
+        return {}, {}
+    paired = sorted({p.split("->")[1] for p in cross})
+    within = {b: _forecast_score(z, horizon, fits[b], tests[b]) for b in paired if b in fits}
+    cross["mean"] = float(np.mean(list(cross.values())))
+    if within:
+        within["mean"] = float(np.mean(list(within.values())))
+    return cross, within

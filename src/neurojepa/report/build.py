@@ -397,13 +397,37 @@ def _cross_section(teacher: dict | None, student: dict | None) -> Section:
         sec.add(figure_img(F.grouped_bars(cats, series, None, "R$^2$ to ground-truth latents",
                                           "ground-truth recovery within vs across states"), "gt_r2 cross-state"))
         shown = True
-    cross_s = (student or {}).get("cca_cross_state") or {}
+    for key, what in (("cobps", "co-smoothing bits/spike of held-out units (Poisson GLM)"),
+                      ("forecast_r2", "R^2 of a linear forecast read-out of the latent (the predictor's horizon)")):
+        if _label_free_cross(sec, teacher, key, what):
+            shown = True
+    cross_s = {k: v for k, v in ((student or {}).get("cca_cross_state_pairs") or {}).items() if k != "mean"}
     if number((student or {}).get("cca_heldout_mean")) is not None and cross_s:
         cats = ["within"] + sorted(cross_s)
+        null = number(student.get("cca_cross_state_null"))
         sec.add(figure_img(F.grouped_bars(cats, {"student": [number(student["cca_heldout_mean"])]
                                                  + [number(cross_s[c]) for c in cats[1:]]}, None,
                                           "mean held-out canonical correlation", "student CCA within vs across states",
-                                          (0, 1.02)), "student CCA cross-state"))
+                                          (0, 1.02)), "student CCA cross-state",
+                           "" if null is None else f"Cross-state null (time-shifted teacher latents): {null:.3f}."))
+        shown = True
+    by_state = (student or {}).get("firing_by_state") or {}
+    if by_state:
+        sec.add(paragraph("Student firing on held-out chunks of each state:"))
+        sec.add(table(["state", "median rate (Hz)", "fraction in band", "median CV of ISI", "chunks"],
+                      [[st, v.get("rate_hz_median"), v.get("frac_in_band"), v.get("cv_isi_median"), v.get("n_chunks")]
+                       for st, v in sorted(by_state.items())]))
+        shown = True
+    beh_rows = []
+    for name, sec_m in _model_series(teacher, student, lambda s: dig(s, "decoding", "behaviour") or None).items():
+        for beh, res in sorted(sec_m["decoding"]["behaviour"].items()):
+            beh_rows.append([name, beh, *(", ".join(f"{k}: {v:.3f}" for k, v in sorted((res.get(part) or {}).items()))
+                                          for part in ("within", "cross")),
+                             res.get("within_mean"), res.get("cross_mean")])
+    if beh_rows:
+        sec.add(paragraph("Behaviour decoding (ridge R^2 from the latents; within = fit on a state's train blocks, "
+                          "scored on its test blocks; A->B = scored on B's test blocks):"))
+        sec.add(table(["model", "behaviour", "within", "across", "within mean", "across mean"], beh_rows))
         shown = True
     models = _model_series(teacher, student, lambda s: dig(s, "decoding", "cross") or None)
     fig = _decoding_figure(models, True, "decoding within (A->A) vs across (A->B) states")
@@ -411,9 +435,25 @@ def _cross_section(teacher: dict | None, student: dict | None) -> Section:
         sec.add(figure_img(fig, "cross-state decoding", "Black line: chance (1 / classes)."))
         shown = True
     if not shown:
-        sec.add(not_available("cross-state results (need two states: gt_r2_cross_state, decoding.cross, "
-                              "or student cca_cross_state)"))
+        sec.add(not_available("cross-state results (need two states: cobps_cross_state, forecast_r2_cross_state, "
+                              "gt_r2_cross_state, decoding.cross, or student cca_cross_state)"))
     return sec
+
+
+def _label_free_cross(sec: Section, teacher: dict | None, key: str, what: str) -> bool:
+    """A table of ``{key}_within_state`` / ``{key}_cross_state_pairs`` / ``{key}_cross_state`` for the teacher and
+    its baselines (metrics that need no ground truth or labels); False when no model has ``{key}_cross_state``."""
+    models = _model_series(teacher, None, lambda s: number(s.get(f"{key}_cross_state")))
+    if not models:
+        return False
+    pairs = sorted({p for s in models.values() for p in (s.get(f"{key}_cross_state_pairs") or {}) if p != "mean"})
+    rows = [[n, _scalar(s, f"{key}_within_state")] + [_scalar(s.get(f"{key}_cross_state_pairs"), p) for p in pairs]
+            + [_scalar(s, f"{key}_cross_state")] for n, s in models.items()]
+    sec.subheading(f"{key} within vs across states")
+    sec.add(paragraph(f"{what}: within = fit on a state's train blocks, scored on its test blocks (mean over "
+                      "states); A->B = fit on A's train blocks, scored on B's test blocks. Needs no labels.", "note"))
+    sec.add(table(["model", "within (mean)"] + pairs + ["cross mean"], rows))
+    return True
 
 
 def _verdict(rows: list[dict]) -> str:

@@ -9,7 +9,14 @@
   ``rate_high_hz``, written beside it as ``rate_band_hz``, which the report draws), CV of ISI, Fano factor
   (100 ms windows), silent/saturated counts, Dale violations, and the E/I input-current correlation per neuron.
 * Decoding of the teacher's tasks from the student readout, with its ratio to the teacher's (balanced accuracy),
-  over the teacher's flash window (recorded in its decoding results), so the ratio compares like with like.
+  over the teacher's flash window (recorded in its decoding results), so the ratio compares like with like;
+  ``decoding["behaviour"]``: ridge decoding of continuous behaviour within and across states
+  (``metrics.decoding.behaviour_decoding``, as the teacher's).
+* With two or more states (the teacher's ``compare_states``): ``cca_cross_state`` (``cca_cross_state_pairs``
+  {"A->B", ..., "mean"}): CCA directions fit on state A's train blocks, mean correlation on state B's test blocks;
+  ``cca_cross_state_null``: the same against circularly time-shifted teacher latents; ``firing_by_state``
+  {state: {rate_hz_median, frac_in_band, cv_isi_median, n_chunks}}: the firing statistics' held-out chunks grouped
+  by their bins' state (chunks straddling two states are left out; no extra simulation).
 """
 
 from __future__ import annotations
@@ -21,8 +28,8 @@ import torch
 
 from ..errors import InputError
 from ..metrics import spiking
-from ..metrics.cca import heldout_cca, null_heldout_cca
-from ..metrics.decoding import decoding_report
+from ..metrics.cca import cca_cross_state, circular_shift, heldout_cca, null_heldout_cca
+from ..metrics.decoding import behaviour_decoding, compare_states, decoding_report
 from .config import StudentConfig
 from .dale import dale_violations, neuron_signs
 from .network import StudentNet
@@ -110,10 +117,11 @@ def student_readout(net: StudentNet, counts: np.ndarray, chunk: int, burn_in: in
 
 
 def firing_statistics(net: StudentNet, counts: np.ndarray, test_mask: np.ndarray, cfg: StudentConfig,
-                      record: dict | None = None) -> dict:
+                      record: dict | None = None, state: np.ndarray | None = None) -> dict:
     """Firing statistics of the student on up to ``cfg.eval_spike_chunks`` chunks lying wholly in test bins.
     ``record``: a dict that receives those chunks' ``spikes`` (B, eval_chunk * substeps, N) uint8 and
-    ``chunk_start_bin`` (B,) (what distill saves as spikes.npz)."""
+    ``chunk_start_bin`` (B,) (what distill saves as spikes.npz). ``state`` (n_bins,) str: adds ``firing_by_state``
+    (:func:`firing_by_state`) when the chunks cover two or more states."""
     chunk = cfg.eval_chunk
     ok = np.concatenate([[0], np.cumsum(test_mask)])
     starts = np.arange(0, len(counts) - chunk + 1, chunk)
@@ -140,6 +148,7 @@ def firing_statistics(net: StudentNet, counts: np.ndarray, test_mask: np.ndarray
     report = dict(raster_t=np.arange(t_show) * cfg.dt, raster_exc=spikes[0][:t_show][:, show_e].astype(bool),
                   raster_inh=spikes[0][:t_show][:, show_i].astype(bool), rates_hz=r.astype(np.float64),
                   is_exc=np.arange(net.n_exc + net.n_inh) < ne, cv_isi=np.asarray(cvs, np.float64), w_rec=w)
+    by_state = firing_by_state(spikes, starts, chunk, state, cfg) if state is not None else {}
     return dict(_report=report,rate_hz_median=float(np.median(r)), rate_hz_median_exc=float(np.median(r[:ne])),
                 rate_hz_median_inh=float(np.median(r[ne:])),
                 frac_in_band=spiking.frac_in_band(r, cfg.rate_low_hz, cfg.rate_high_hz),
@@ -148,7 +157,27 @@ def firing_statistics(net: StudentNet, counts: np.ndarray, test_mask: np.ndarray
                 lv_median=nan_median(spiking.lv_isi(spikes)),  # local variation: irregularity without slow modulation
                 fano_median=nan_median(spiking.fano_factor(spikes, int(round(0.1 / cfg.dt)))),
                 n_silent=silent, n_saturated=saturated, ei_current_corr_median=nan_median(ei),
-                firing_seconds=float(spikes.shape[0] * spikes.shape[1] * cfg.dt))
+                firing_seconds=float(spikes.shape[0] * spikes.shape[1] * cfg.dt),
+                **({"firing_by_state": by_state} if len(by_state) > 1 else {}))
+
+
+def firing_by_state(spikes: np.ndarray, starts: np.ndarray, chunk: int, state: np.ndarray,
+                    cfg: StudentConfig) -> dict:
+    """{state: {rate_hz_median, frac_in_band, cv_isi_median, n_chunks}} of the held-out chunks (spikes (B, steps,
+    N), chunk b covering bins [starts[b], starts[b] + chunk)) grouped by the state of their bins; a chunk whose bins
+    are not all of one (non-empty) state is left out."""
+    state = np.asarray(state).astype(str)
+    chunk_state = np.array([state[s] if (state[s:s + chunk] == state[s]).all() else "" for s in starts])
+    out = {}
+    for st in sorted(set(chunk_state) - {""}):
+        sp = spikes[chunk_state == st]
+        r = spiking.rate_hz(sp, cfg.dt)
+        cvs = spiking.cv_isi(sp)
+        out[str(st)] = dict(rate_hz_median=float(np.median(r)),
+                       frac_in_band=spiking.frac_in_band(r, cfg.rate_low_hz, cfg.rate_high_hz),
+                       cv_isi_median=float(np.nanmedian(cvs)) if np.isfinite(cvs).any() else float("nan"),
+                       n_chunks=int(len(sp)))
+    return out
 
 
 def count_dale_violations(net: StudentNet) -> int:
@@ -201,6 +230,23 @@ def _in_states(state: np.ndarray | None, states, n: int) -> np.ndarray:
     return np.isin(np.asarray(state).astype(str), list(states))
 
 
+def _cca_cross_state(z: np.ndarray, latents: np.ndarray, split: np.ndarray, state: np.ndarray, valid: np.ndarray,
+                     cfg: StudentConfig, train_states=None, test_states=None) -> dict:
+    """``cca_cross_state`` (mean over ordered state pairs), ``cca_cross_state_pairs`` and ``cca_cross_state_null``
+    (against the teacher latents circularly shifted in time): directions fit on state A's train blocks (after the
+    burn-in), correlations on state B's test blocks. Pairs: from train_states (default: the compared states) to
+    test_states (default: the compared states)."""
+    states = compare_states(state)
+    sources, targets = list(train_states or states), list(test_states or states)
+    train, test = valid & (split == "train"), valid & (split == "test")
+    pairs = cca_cross_state(z, latents, state, train, test, cfg.ridge, sources, targets, min_rows=5 * z.shape[1])
+    if not pairs:
+        return {}
+    shifted = circular_shift(latents, np.random.default_rng(cfg.seed))
+    null = cca_cross_state(z, shifted, state, train, test, cfg.ridge, sources, targets, min_rows=5 * z.shape[1])
+    return dict(cca_cross_state=pairs["mean"], cca_cross_state_pairs=pairs, cca_cross_state_null=null.get("mean"))
+
+
 def evaluate_student(net: StudentNet, counts: np.ndarray, latents: np.ndarray, split: np.ndarray,
                      cfg: StudentConfig, labels=None, teacher_decoding: dict | None = None,
                      train_states=None, test_states=None, decode: bool = True,
@@ -240,7 +286,11 @@ def evaluate_student(net: StudentNet, counts: np.ndarray, latents: np.ndarray, s
         if within.sum() >= 5 * z.shape[1]:
             m["cca_heldout_mean_within"] = float(np.mean(heldout_cca(z[tr], latents[tr], z[within], latents[within],
                                                                      cfg.ridge)))
-    m.update(firing_statistics(net, counts, te, cfg, record=spikes_out))
+    if state is not None and len(compare_states(np.asarray(state).astype(str))) > 1:
+        m.update(_cca_cross_state(z, latents, split, np.asarray(state).astype(str), valid, cfg, train_states,
+                                  test_states))
+    m.update(firing_statistics(net, counts, te, cfg, record=spikes_out,
+                               state=np.asarray(state).astype(str) if state is not None else None))
     report = m.pop("_report", None)
     if report is not None:
         report["cca_null"] = np.asarray(null, np.float64)
@@ -248,6 +298,9 @@ def evaluate_student(net: StudentNet, counts: np.ndarray, latents: np.ndarray, s
     m.update(dale_violations=count_dale_violations(net), n_exc=net.n_exc, n_inh=net.n_inh)
     if labels is not None and decode:
         dec = decoding_report(z, labels, split, net.bin_size, window) if window is not None else {}
+        beh = behaviour_decoding(z, labels, split, net.bin_size, train_states, test_states, rows=valid)
+        if beh:
+            dec["behaviour"] = beh
         m["decoding"] = dec
         if teacher_decoding:
             ratios = _decoding_ratio(dec, teacher_decoding)

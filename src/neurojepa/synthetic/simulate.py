@@ -142,6 +142,7 @@ PRESETS = {
     "default": SimConfig(),
     "vbn": SimConfig(n_units=2000, block_minutes=60.0, vbn_blocks=True, in_memory=False),
 }
+GENERIC = "generic"  # the generic two-state preset (no task, no replay): synthetic/generic.py, GenericConfig
 
 
 # ================================================================================================ task
@@ -496,6 +497,10 @@ def _softplus_rate(z, w_act, w_pas, off_act, off_pas, scale_act, scale_pas, a0, 
     return out
 
 
+ar1 = _ar1  # public names for synthetic/generic.py
+poisson_refractory = _poisson_refractory
+
+
 class _UnitGenerator:
     """Generates one unit's final spike train deterministically from (seed, unit position)."""
 
@@ -605,6 +610,10 @@ def simulate_session(seed: int = 0, n_units: int | None = None, minutes: float |
     seed: everything is a function of it; n_units / minutes (per task block) override the preset's;
     overrides: any :class:`SimConfig` field. Raises :class:`InputError` on unknown presets or settings.
     """
+    if preset == GENERIC:  # no task, no replay: its own module (synthetic/generic.py)
+        from .generic import simulate_generic
+
+        return simulate_generic(seed, n_units, minutes, **overrides)
     cfg = _config(preset, n_units, minutes, dict(overrides))
     if int(seed) < 0:
         raise InputError("seed", f"must be a non-negative integer, got {seed}")
@@ -663,10 +672,16 @@ def simulate_to_nwb(out: str | os.PathLike, seed: int = 0, n_units: int | None =
     return _write_nwb(simulate_session(seed=seed, n_units=n_units, minutes=minutes, preset=preset, **overrides), out)
 
 
-def parse_overrides(items) -> dict:
-    """``["field=value", ...]`` -> {field: value} typed as the :class:`SimConfig` field (bool: true/false);
-    InputError naming the item for an unknown field or a value of the wrong type."""
-    types = {f.name: f.type for f in dataclasses.fields(SimConfig)}
+def parse_overrides(items, preset: str = "default") -> dict:
+    """``["field=value", ...]`` -> {field: value} typed as the :class:`SimConfig` field (bool: true/false), or the
+    :class:`~neurojepa.synthetic.generic.GenericConfig` field for ``preset="generic"``; InputError naming the item
+    for an unknown field or a value of the wrong type."""
+    if preset == GENERIC:
+        from .generic import GenericConfig
+
+        types = {f.name: f.type for f in dataclasses.fields(GenericConfig) if f.name != "states"}
+    else:
+        types = {f.name: f.type for f in dataclasses.fields(SimConfig)}
     out = {}
     for item in items:
         key, sep, value = str(item).partition("=")

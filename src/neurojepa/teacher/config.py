@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from ..errors import InputError
 
 _CHOICES = {"regulariser": ("sigreg", "vicreg", "none"), "target": ("self", "ema"),
-            "count_mode": ("forward", "cross"), "count_link": ("softplus", "exp")}
+            "count_mode": ("forward", "cross"), "count_link": ("softplus", "exp"),
+            "reg_per_state": ("auto", "always", "never")}
 
 
 @dataclass
@@ -47,6 +48,7 @@ class LossConfig:
     replay_dims: int = 31              # k: latent dims tied across replay pairs, 1 to model.embed_dim; the rest carry the brain state
     replay_norm: bool = True           # divide each tied dim's squared difference by its batch variance (shrinking cannot meet it)
     state_readout: bool = True         # count anchor read-out per state (True) or one shared read-out (False)
+    reg_per_state: str = "auto"        # regulariser within each state (every state's latents pushed to the same N(0, I)): auto (on when the data have >= 2 states and no replay pairs; single teacher, one process) | always | never
 
 
 @dataclass
@@ -124,6 +126,10 @@ def check_combinations(cfg: TeacherConfig, prefix: str = "") -> None:
     and the model would silently fall back to tying all D (with ``model.embed_dim`` lowered below the default
     k = 31, say)."""
     loss, d = cfg.loss, cfg.model.embed_dim
+    if loss.reg_per_state == "always" and cfg.train.devices * cfg.train.num_nodes > 1:
+        raise InputError(f"{prefix}loss.reg_per_state", "is for one process: under data parallelism the ranks' "
+                                                         "batches hold different states, and SIGReg's reduction "
+                                                         "across ranks needs the same groups on every rank")
     if (loss.replay_weight > 0 or loss.state_readout) and not 0 < loss.replay_dims <= d:
         raise InputError(f"{prefix}loss.replay_dims", f"{loss.replay_dims} must be between 1 and model.embed_dim "
                                                       f"({d}): it counts the latent dims tied across replay pairs "

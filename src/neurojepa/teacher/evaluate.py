@@ -17,10 +17,10 @@ import torch
 
 from ..data.dataset import BinnedSession
 from ..metrics.cobps import cobps as cobps_score
-from ..metrics.cobps import cobps_per_group
-from ..metrics.decoding import compare_states
-from ..metrics.decoding import decoding_report
-from ..metrics.latent import cross_state_r2, forecast_r2_blocks, per_dim_std, rankme, ridge_r2
+from ..metrics.cobps import cobps_cross_state, cobps_per_group
+from ..metrics.decoding import behaviour_decoding, compare_states, decoding_report
+from ..metrics.latent import (cross_state_r2, forecast_r2_blocks, forecast_r2_cross_state, forecast_readout_r2,
+                              per_dim_std, rankme, ridge_r2)
 from ..metrics.rows import ColumnView, block_rows
 from .baselines import baseline_latents
 from .sigreg import sigreg_statistic
@@ -61,11 +61,70 @@ def score_latents(z, ctx: dict, *, collapse: bool = True) -> dict:
         out["cobps"] = cobps_score(z, ctx["heldout_counts"], train, test)
         if len(np.unique(ctx["state"][test])) > 1:  # one GLM per state as well (metrics/cobps.py says why)
             out["cobps_per_state"] = cobps_per_group(z, ctx["heldout_counts"], train, test, ctx["state"])
+        out.update(cross_state_keys("cobps", _cobps_cross(z, ctx, train)))
     if ctx.get("labels") is not None:
         out["decoding"] = decoding_report(z, ctx["labels"], split, ctx["bin_size"], ctx["flash_window_ms"],
                                           train_states=tr_states, test_states=te_states)
+        beh = behaviour_decoding(z, ctx["labels"], split, ctx["bin_size"], train_states=tr_states,
+                                 test_states=te_states)
+        if beh:
+            out["decoding"]["behaviour"] = beh
     out["eval_seconds"] = round(time.perf_counter() - t0, 2)
     return out
+
+
+def cross_state_keys(name: str, cross_within: tuple[dict, dict]) -> dict:
+    """``{name}_cross_state`` (mean over ordered pairs), ``{name}_cross_state_pairs`` ({"A->B": ..., "mean"}),
+    ``{name}_within_state`` (mean) and ``{name}_within_state_per_state`` ({"B": ..., "mean"}), where present."""
+    cross, within = cross_within
+    out = {f"{name}_cross_state": cross["mean"], f"{name}_cross_state_pairs": cross} if cross else {}
+    if cross and within:
+        out.update({f"{name}_within_state": within["mean"], f"{name}_within_state_per_state": within})
+    return out
+
+
+def _transfer_masks(ctx: dict, train: np.ndarray) -> tuple[str, np.ndarray, np.ndarray, np.ndarray]:
+    """With ``ctx["train_states"]``: (pair name "A+B->C", fit rows = ``train``, cross-state score rows = test
+    blocks of the test states (empty: all), within-state fit rows = train blocks of the test states)."""
+    tr_states, te_states = ctx["train_states"], ctx.get("test_states") or []
+    in_te = np.isin(ctx["state"], te_states) if te_states else np.ones(len(ctx["state"]), bool)
+    name = "+".join(tr_states) + "->" + ("+".join(te_states) or "all")
+    return name, train, (ctx["split"] == "test") & in_te, (ctx["split"] == "train") & in_te
+
+
+def _pair(name: str, cross: float, within: float) -> tuple[dict, dict]:
+    """(cross, within) dicts of one fit -> score pair, as the pairwise cross-state metrics return them."""
+    target = name.split("->")[1]
+    return ({name: cross, "mean": cross}, {target: within, "mean": within}) if np.isfinite(cross) else ({}, {})
+
+
+def _cobps_cross(z, ctx: dict, train: np.ndarray) -> tuple[dict, dict]:
+    """cobps across states: every ordered pair of ``compare_states`` (metrics/cobps.py ``cobps_cross_state``), or
+    with train_states, fit on their train blocks and scored on the test states' test blocks."""
+    y = ctx["heldout_counts"]
+    if not ctx.get("train_states"):
+        return cobps_cross_state(z, y, ctx["state"], ctx["split"], ctx["compare_states"])
+    name, fit, score, fit_within = _transfer_masks(ctx, train)
+    if score.sum() < 2 or fit_within.sum() <= z.shape[1]:
+        return {}, {}
+    return _pair(name, cobps_score(z, y, fit, score), cobps_score(z, y, fit_within, score))
+
+
+def forecast_cross(net, z: np.ndarray, session, ctx: dict) -> tuple[dict, dict]:
+    """forecast_r2 across states (metrics/latent.py ``forecast_r2_cross_state``): a linear forecast read-out of
+    the latent over the predictor's horizon, fit on one state's train segments, scored on another's test segments
+    (with train_states: fit on their train segments, scored on the test states' test segments)."""
+    k = net.horizon
+    origins = np.zeros(len(z), bool)
+    for part in ("train", "test"):
+        for a, b in session.segments(part):
+            origins[a:max(a, b - k)] = True
+    if not ctx.get("train_states"):
+        return forecast_r2_cross_state(z, k, origins, ctx["state"], ctx["split"], ctx["compare_states"])
+    train = (ctx["split"] == "train") & np.isin(ctx["state"], ctx["train_states"])
+    name, fit, score, fit_within = _transfer_masks(ctx, train)
+    return _pair(name, forecast_readout_r2(z, k, origins & fit, origins & score),
+                 forecast_readout_r2(z, k, origins & fit_within, origins & score))
 
 
 def session_context(session: BinnedSession, counts: np.ndarray, heldout: np.ndarray, flash_window_ms: float,
@@ -106,6 +165,9 @@ def evaluate_teacher(net, z: np.ndarray, session, counts: np.ndarray, heldin: np
     ctx = session_context(session, counts, heldout, cfg.eval.flash_window_ms, train_states, test_states)
     out = score_latents(z, ctx)
     out["forecast_r2"] = forecast_score(net, z, session)
+    t0 = time.perf_counter()
+    out.update(cross_state_keys("forecast_r2", forecast_cross(net, z, session, ctx)))
+    out["eval_seconds"] = round(out["eval_seconds"] + time.perf_counter() - t0, 2)
     out["n_heldin_units"], out["n_heldout_units"] = int(len(heldin)), int(len(heldout))
     if cfg.eval.baselines:
         fit = (ctx["split"] == "train") & (np.isin(ctx["state"], train_states) if train_states else True)
@@ -116,6 +178,10 @@ def evaluate_teacher(net, z: np.ndarray, session, counts: np.ndarray, heldin: np
             if name == "fa":  # the classical latent model: compared on ground-truth recovery only
                 sub = {k: v for k, v in ctx.items() if k not in ("heldout_counts", "labels")}
                 out["baselines"][name] = score_latents(feats, sub, collapse=False)
+                if ctx["heldout_counts"].shape[1] > 0:  # but transfer across states is compared for every model
+                    t0 = time.perf_counter()
+                    out["baselines"][name].update(cross_state_keys("cobps", _cobps_cross(feats, ctx, fit)))
+                    out["baselines"][name]["eval_seconds"] += round(time.perf_counter() - t0, 2)
             else:
                 out["baselines"][name] = score_latents(feats, ctx)
     return out

@@ -108,6 +108,9 @@ class TeacherModule(NanGuard, L.LightningModule):
         # with one state they would equal the shared one (and sit unused, which DDP refuses)
         self.state_readout = (nn.ModuleList([nn.Linear(m.embed_dim, n_units) for _ in range(n_states)])
                               if cfg.loss.state_readout and n_states > 1 else None)
+        # regulariser within each state (loss.reg_per_state): "always", or decided from the data by the trainer for
+        # "auto" (teacher/train.py: on when there are >= 2 states and no replay pairs)
+        self.reg_per_state = cfg.loss.reg_per_state == "always"
 
     def init_readout_bias(self, mean_counts: torch.Tensor) -> None:
         """Start every count read-out at the units' mean count per bin (U,): the anchor's gradient is then all
@@ -200,8 +203,12 @@ class TeacherModule(NanGuard, L.LightningModule):
         pred_loss = reg = count_loss = replay = torch.zeros(())
 
         def reg_of(zc: torch.Tensor, i: int) -> torch.Tensor:  # encoding i's regulariser (its own directions' seed)
-            return regulariser(c.loss.regulariser, zc[:, ::c.loss.time_stride], step,
-                               **sigreg_kwargs(c.loss, c.train.seed + i))
+            zs = zc[:, ::c.loss.time_stride]
+            if self.reg_per_state and state is not None:  # the mean over the batch's states of each one's own
+                return torch.stack([regulariser(c.loss.regulariser, zs[state == code], step,
+                                                **sigreg_kwargs(c.loss, c.train.seed + i))
+                                    for code in torch.unique(state).tolist()]).mean()
+            return regulariser(c.loss.regulariser, zs, step, **sigreg_kwargs(c.loss, c.train.seed + i))
 
         def tie(zc: torch.Tensor) -> torch.Tensor:  # replay distance of the tied dims
             return replay_distance(zc[..., :c.loss.replay_dims], c.loss.replay_norm)

@@ -123,6 +123,25 @@ def replay_pairs(session: BinnedSession, windows: WindowDataset, train_states: l
     return starts[keep], partners[keep]
 
 
+def per_state_regulariser(cfg: TeacherConfig, paired: bool, n_states: int) -> bool:
+    """Whether the regulariser acts within each state (``loss.reg_per_state``). ``auto``: when training sees two or
+    more states and no replay pairs tie them, SIGReg pushes every state's latents to the same N(0, I), so the state
+    cannot be read from the latent's moments and a read-out fit in one state holds in the other (docs/teacher.md,
+    issue 15: cross-state gt_r2 0.78 -> 0.92 and 0.76 -> 0.83 on two seeds of the generic two-state preset). One
+    process only (its SIGReg groups would differ between ranks): under data parallelism ``auto`` stays off, logged."""
+    mode = cfg.loss.reg_per_state
+    if mode != "auto":
+        return mode == "always"
+    on = n_states > 1 and not paired
+    if on and cfg.train.devices * cfg.train.num_nodes > 1:
+        log.info("teacher: per-state regulariser off under data parallelism (loss.reg_per_state=auto)")
+        return False
+    if on:
+        log.info("teacher: %d states and no replay pairs: SIGReg within each state (loss.reg_per_state=auto)",
+                 n_states)
+    return on
+
+
 def write_latents(path: Path, z: np.ndarray, session, dataset_dir: str, heldin: np.ndarray,
                   heldout: np.ndarray) -> None:
     """``latents.npz``: latents (n_bins, D) float32 of every bin, bin_size, t_start, dataset_dir, heldin_units,
@@ -168,6 +187,7 @@ def teach_session(session: BinnedSession, out_dir, cfg: TeacherConfig | None = N
     metrics.update(train_seconds=round(fit.train_seconds, 2), epochs=fit.epochs, global_step=fit.global_step,
                    best_val_loss=fit.best_val_loss, regulariser=cfg.loss.regulariser,
                    train_states=train_states, test_states=test_states, replay_pairs=fit.replay_pairs,
+                   reg_per_state=bool(fit.module.reg_per_state),
                    config=to_dict(cfg))
     with atomic_path(out / "metrics.json") as tmp:
         tmp.write_text(json.dumps({"teacher": metrics}, indent=2, default=float))
@@ -237,6 +257,7 @@ def fit_teacher(session: BinnedSession, out_dir, cfg: TeacherConfig, *, heldout:
     val_batches = [val[k:k + cfg.train.batch_size].tolist() for k in range(0, len(val), cfg.train.batch_size)]
     pairs = replay_pairs(session, train_ds, train_states) if cfg.loss.replay_weight > 0 else None
     per_item = 2 if pairs is not None else 1  # a pair is two windows: the batch keeps batch_size windows
+    module.reg_per_state = per_state_regulariser(cfg, pairs is not None, len(set(train_ds.windows(0)[1].tolist())))
     trainer = make_trainer(out, name="teacher", progress=cfg.train.progress, shown=("train_loss", "val_loss",
                            "val_count"), train=cfg.train, max_epochs=cfg.train.max_epochs,
                            patience=cfg.train.patience, tensorboard=True, callbacks=callbacks)
