@@ -4,7 +4,8 @@ one-piece references, and their behaviour when the population code shifts (or no
 import numpy as np
 import pytest
 
-from neurojepa.metrics.cobps import bits_per_spike, cobps, cobps_cross_state, fit_poisson_glm
+from neurojepa.metrics.cobps import (bits_per_spike, cobps, cobps_cross_state, cobps_per_group, fit_poisson_glm,
+                                    group_glms)
 from neurojepa.metrics.latent import forecast_r2, forecast_r2_cross_state, ridge_loo
 
 
@@ -45,6 +46,11 @@ def test_cobps_cross_state_equals_explicit_masks():
         own = (state == b) & (split == "train")
         assert within[b] == pytest.approx(_naive_cobps(z, y, own, score), rel=1e-6, abs=1e-9)
     assert cross["mean"] == pytest.approx((cross["A->B"] + cross["B->A"]) / 2)
+    # the per-state GLMs cobps_per_group fits (same rows and budget for two states) are reused as they are
+    glms = group_glms(z, y, split == "train", split == "test", state)
+    assert cobps_per_group(z, y, split == "train", split == "test", state, glms=glms) == \
+        cobps_per_group(z, y, split == "train", split == "test", state)
+    assert cobps_cross_state(z, y, state, split, glms=glms) == (cross, within)
 
 
 def test_cobps_cross_state_drops_when_the_code_shifts():

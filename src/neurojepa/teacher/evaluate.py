@@ -17,7 +17,7 @@ import torch
 
 from ..data.dataset import BinnedSession
 from ..metrics.cobps import cobps as cobps_score
-from ..metrics.cobps import cobps_cross_state, cobps_per_group
+from ..metrics.cobps import cobps_cross_state, cobps_per_group, group_glms
 from ..metrics.decoding import behaviour_decoding, compare_states, decoding_report
 from ..metrics.latent import (cross_state_r2, forecast_r2_blocks, forecast_r2_cross_state, forecast_readout_r2,
                               per_dim_std, rankme, ridge_r2)
@@ -60,8 +60,11 @@ def score_latents(z, ctx: dict, *, collapse: bool = True) -> dict:
     if ctx.get("heldout_counts") is not None and ctx["heldout_counts"].shape[1] > 0:
         out["cobps"] = cobps_score(z, ctx["heldout_counts"], train, test)
         if len(np.unique(ctx["state"][test])) > 1:  # one GLM per state as well (metrics/cobps.py says why)
-            out["cobps_per_state"] = cobps_per_group(z, ctx["heldout_counts"], train, test, ctx["state"])
-        out.update(cross_state_keys("cobps", _cobps_cross(z, ctx, train)))
+            glms = group_glms(z, ctx["heldout_counts"], train, test, ctx["state"])  # fit once, used twice
+            out["cobps_per_state"] = cobps_per_group(z, ctx["heldout_counts"], train, test, ctx["state"], glms=glms)
+        else:
+            glms = None
+        out.update(cross_state_keys("cobps", _cobps_cross(z, ctx, train, glms)))
     if ctx.get("labels") is not None:
         out["decoding"] = decoding_report(z, ctx["labels"], split, ctx["bin_size"], ctx["flash_window_ms"],
                                           train_states=tr_states, test_states=te_states)
@@ -98,12 +101,12 @@ def _pair(name: str, cross: float, within: float) -> tuple[dict, dict]:
     return ({name: cross, "mean": cross}, {target: within, "mean": within}) if np.isfinite(cross) else ({}, {})
 
 
-def _cobps_cross(z, ctx: dict, train: np.ndarray) -> tuple[dict, dict]:
+def _cobps_cross(z, ctx: dict, train: np.ndarray, glms: dict | None = None) -> tuple[dict, dict]:
     """cobps across states: every ordered pair of ``compare_states`` (metrics/cobps.py ``cobps_cross_state``), or
     with train_states, fit on their train blocks and scored on the test states' test blocks."""
     y = ctx["heldout_counts"]
     if not ctx.get("train_states"):
-        return cobps_cross_state(z, y, ctx["state"], ctx["split"], ctx["compare_states"])
+        return cobps_cross_state(z, y, ctx["state"], ctx["split"], ctx["compare_states"], glms=glms)
     name, fit, score, fit_within = _transfer_masks(ctx, train)
     if score.sum() < 2 or fit_within.sum() <= z.shape[1]:
         return {}, {}
