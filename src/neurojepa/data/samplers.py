@@ -56,8 +56,12 @@ class _EpochBatches:
         for batch in self._mine(self._all_batches()):
             yield batch if isinstance(batch, PairedBatch) else np.asarray(batch).tolist()
 
-    def __len__(self) -> int:
-        return len(self._mine(self._all_batches()))
+    def _count(self) -> int:
+        """Batches per epoch on all ranks (without drawing them)."""
+        raise NotImplementedError
+
+    def __len__(self) -> int:  # Lightning asks every epoch: counted, not drawn
+        return self._count() // self.world_size
 
 
 class StateBalancedBatches(_EpochBatches):
@@ -79,6 +83,9 @@ class StateBalancedBatches(_EpochBatches):
         _, inv, counts = np.unique(np.asarray(states), return_inverse=True, return_counts=True)
         self.weights = torch.as_tensor(1.0 / counts[inv], dtype=torch.float64)
         self.num_samples, self.batch_size, self.seed, self.pairs = int(num_samples), int(batch_size), int(seed), pairs
+
+    def _count(self) -> int:
+        return self.num_samples // self.batch_size
 
     def _all_batches(self) -> list:
         import torch
@@ -136,6 +143,9 @@ class SessionBatchSampler(_EpochBatches):
         act, par = self.pairs[s]
         rows = self._session_batches(0, len(act), rng, self.batch_size // 2)
         return [PairedBatch([(s, int(x)) for x in act[r]] + [(s, int(x)) for x in par[r]]) for r in rows]
+
+    def _count(self) -> int:
+        return self.batches_per_session * len(self.ranges)
 
     def _all_batches(self) -> list:
         rng = np.random.default_rng([self.seed, self.epoch])

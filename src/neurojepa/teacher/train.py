@@ -257,11 +257,12 @@ def fit_teacher(session: BinnedSession, out_dir, cfg: TeacherConfig, *, heldout:
     val_batches = [val[k:k + cfg.train.batch_size].tolist() for k in range(0, len(val), cfg.train.batch_size)]
     pairs = replay_pairs(session, train_ds, train_states) if cfg.loss.replay_weight > 0 else None
     per_item = 2 if pairs is not None else 1  # a pair is two windows: the batch keeps batch_size windows
-    module.reg_per_state = per_state_regulariser(cfg, pairs is not None, len(set(train_ds.windows(0)[1].tolist())))
+    window_states = train_ds.windows(0)[1]  # each train window's state code: the sampler's strata
+    module.reg_per_state = per_state_regulariser(cfg, pairs is not None, len(np.unique(window_states)))
     trainer = make_trainer(out, name="teacher", progress=cfg.train.progress, shown=("train_loss", "val_loss",
                            "val_count"), train=cfg.train, max_epochs=cfg.train.max_epochs,
                            patience=cfg.train.patience, tensorboard=True, callbacks=callbacks)
-    sampler = StateBalancedBatches(train_ds.windows(0)[1], cfg.train.steps_per_epoch * cfg.train.batch_size
+    sampler = StateBalancedBatches(window_states, cfg.train.steps_per_epoch * cfg.train.batch_size
                                    // per_item, cfg.train.batch_size // per_item, cfg.train.seed,
                                    pairs=(0, *pairs) if pairs is not None else None,
                                    rank=trainer.global_rank, world_size=trainer.world_size)
