@@ -28,8 +28,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from .latent import ridge_r2
-from . import rows as _rows
-from .rows import block_rows, take_rows
+from .rows import BLOCK_BYTES, block_rows, take_rows
 
 
 def decode(features: np.ndarray, labels: np.ndarray, train_mask: np.ndarray, test_mask: np.ndarray,
@@ -220,7 +219,7 @@ def behaviour_decoding(z, labels, split: np.ndarray, bin_size: float, train_stat
     sources = list(train_states) if train_states else states
     targets = list(test_states) if test_states else states
     out: dict = {}
-    x = z if isinstance(z, np.ndarray) else _RowCache(z, 4 * _rows.BLOCK_BYTES)  # bounded: 4 blocks' bytes
+    x = z if isinstance(z, np.ndarray) else _RowCache(z, 4 * BLOCK_BYTES)  # bounded: 4 blocks' bytes
     for name, y in behaviour_targets(labels, bin_size).items():
         good = ok & np.isfinite(y)
         res: dict = {"within": {}, "cross": {}}
