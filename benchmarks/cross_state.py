@@ -6,13 +6,14 @@
 For each seed: simulate (the generic two-state preset, or with ``--vbn`` the default VBN-like session), prepare
 (``data.prepare.prepare``; generic: ``states_from="behavior_states:state"``), fit the teacher (``teacher.train.teach``,
 default TeacherConfig plus ``key=value`` overrides) and read its ``metrics.json``: the teacher and every baseline
-(``eval.baselines``: ``raw`` smoothed counts, ``pca``, ``fa``; ``cebra`` with ``--cebra`` when importable) are scored
-there by the same code (``teacher/evaluate.py``) on the same held-out test blocks:
+(``eval.baselines``: ``smoothing`` (smoothed counts), ``pca``, ``fa``; ``cebra`` with ``--cebra`` when importable)
+are scored there by the same code (``teacher/evaluate.py``) on the same held-out test blocks:
 
 - ``gt_r2``: ridge read-out of the true latent fit on the train blocks of both states, scored on their test blocks;
 - ``gt_r2_cross_state``: fit on state A's train blocks, scored on state B's test blocks, both orders and their mean
   (``metrics.latent.cross_state_r2``); the per-order values are in the JSON;
-- ``cobps_cross_state``: where the metrics have it (n/a otherwise);
+- ``cobps_within_state`` / ``cobps_cross_state``: the held-out units' Poisson GLM fit on a state's train blocks,
+  scored on the same state's / the other state's test blocks (``metrics.cobps.cobps_cross_state``);
 - train time: the teacher's ``train_seconds``; the baselines' ``eval_seconds`` (fit + scoring) where recorded.
 
 Prints a table (mean +- sd over seeds) and writes ``OUT/cross_state.json`` (every value per seed, plus the table).
@@ -29,9 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-METHODS = {"teacher": "neurojepa teacher", "pca": "PCA", "fa": "factor analysis", "raw": "smoothed counts",
-           "cebra": "CEBRA-Time"}
-COLUMNS = ("gt_r2", "gt_r2_cross_state", "cobps_cross_state", "train_s")
+METHODS = {"teacher": "neurojepa teacher", "pca": "PCA", "fa": "factor analysis",
+           "smoothing": "smoothing (smoothed counts)", "cebra": "CEBRA-Time"}
+COLUMNS = ("gt_r2", "gt_r2_cross_state", "cobps_within_state", "cobps_cross_state", "train_s")
 QUICK_TEACHER = ["train.max_epochs=2", "train.steps_per_epoch=10", "train.batch_size=16"]
 
 
@@ -45,6 +46,7 @@ def _scalar(v):
 def _row(m: dict, time_key: str) -> dict:
     return dict(gt_r2=_scalar(m.get("gt_r2")), gt_r2_cross_state=_scalar(m.get("gt_r2_cross_state")),
                 gt_r2_cross_state_pairs=m.get("gt_r2_cross_state_pairs"),
+                cobps_within_state=_scalar(m.get("cobps_within_state")),
                 cobps_cross_state=_scalar(m.get("cobps_cross_state")), train_s=_scalar(m.get(time_key)))
 
 
@@ -100,13 +102,16 @@ def summarise(results: list[dict]) -> list[dict]:
 
 
 def print_table(table: list[dict], title: str) -> None:
-    heads = ("method", "gt_r2 (both states)", "gt_r2 cross-state", "cobps cross-state", "train/eval s")
-    lines = [[r["method"], *(r[f"{c}_text"] for c in COLUMNS)] for r in table]
-    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(heads)]
+    heads = ("method", "gt_r2 (both states)", "gt_r2 cross-state", "cobps within-state", "cobps cross-state",
+             "train/eval s")
     print(title)
-    print("  ".join(h.ljust(w) for h, w in zip(heads, widths)))
-    for line in lines:
-        print("  ".join(v.ljust(w) for v, w in zip(line, widths)))
+    print(text_table(heads, [[r["method"], *(r[f"{c}_text"] for c in COLUMNS)] for r in table]))
+
+
+def text_table(heads, lines: list[list[str]]) -> str:
+    """Left-aligned columns, two spaces apart (the benchmarks' printed tables)."""
+    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(heads)]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in [list(heads), *lines])
 
 
 def main(argv=None) -> None:

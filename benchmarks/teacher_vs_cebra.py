@@ -53,7 +53,7 @@ def main() -> None:
         rows.append(("cebra (not installed)", float("nan"), {}))
     else:
         rows.append(("cebra-time", time.perf_counter() - t0, score_latents(emb, ctx)))
-    for name in ("pca", "raw"):
+    for name in ("pca", "smoothing"):
         if name in teacher.get("baselines", {}):
             rows.append((name, float("nan"), teacher["baselines"][name]))
 

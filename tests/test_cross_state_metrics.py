@@ -11,7 +11,7 @@ from neurojepa.metrics.latent import forecast_r2, forecast_r2_cross_state, ridge
 
 def _two_states(gain_b: float = 1.0, n: int = 6000, d: int = 3, u: int = 12, seed: int = 0):
     """A smooth stationary latent read out by Poisson units; state B (second half) scales the loadings by gain_b and
-    shifts them (a remixed code) when gain_b != 1. Blocks of 500 bins alternate train / test."""
+    shifts them (a remixed code) when gain_b != 1. Blocks of 500 bins cycle train / test / train / val."""
     rng = np.random.default_rng(seed)
     z = np.apply_along_axis(lambda c: np.convolve(c, np.ones(20) / 20, "same"), 0, rng.normal(size=(n, d)))
     z /= z.std(0)  # stationary: both states visit the same range
@@ -20,37 +20,45 @@ def _two_states(gain_b: float = 1.0, n: int = 6000, d: int = 3, u: int = 12, see
     wb = w * gain_b + (0 if gain_b == 1 else rng.normal(scale=0.6, size=(d, u)))
     eta = np.where((state == "A")[:, None], z @ w, z @ wb) - 1.0
     y = rng.poisson(np.exp(eta)).astype(np.uint8)
-    split = np.where((np.arange(n) // 500) % 2 == 0, "train", "test")
+    split = np.array(["train", "test", "train", "val"])[(np.arange(n) // 500) % 4]
     return z.astype(np.float32), y, state, split
 
 
 def _naive_cobps(z, y, fit, score, l2=1e-3):
     """One piece, from the definition: standardise with the fit rows, fit the GLM, bits/spike on the score rows
-    against each unit's mean count on the score rows."""
+    (features clipped to their range on the fit rows) against each unit's mean count on the score rows."""
     x = z[fit].astype(np.float64)
     mu, sd = x.mean(0), x.std(0) + 1e-8
-    w, b = fit_poisson_glm((x - mu) / sd, y[fit], l2=l2)
-    rates = np.exp(np.clip((z[score] - mu) / sd @ w + b, -20, 10))
+    xs = (x - mu) / sd
+    w, b = fit_poisson_glm(xs, y[fit], l2=l2)
+    rates = np.exp(np.clip(np.clip((z[score] - mu) / sd, xs.min(0), xs.max(0)) @ w + b, -20, 10))
     return bits_per_spike(rates, y[score])
 
 
 def test_cobps_cross_state_equals_explicit_masks():
     z, y, state, split = _two_states(gain_b=2.0)
-    cross, within = cobps_cross_state(z, y, state, split)
+    cross, within = cobps_cross_state(z, y, state, split, l2=1e-3)
     assert set(cross) == {"A->B", "B->A", "mean"} and set(within) == {"A", "B", "mean"}
     for a, b in (("A", "B"), ("B", "A")):
         fit, score = (state == a) & (split == "train"), (state == b) & (split == "test")
         ref = _naive_cobps(z, y, fit, score)
         assert cross[f"{a}->{b}"] == pytest.approx(ref, rel=1e-6, abs=1e-9)
-        assert cross[f"{a}->{b}"] == pytest.approx(cobps(z, y, fit, score, max_train=5000), rel=1e-9)
+        assert cross[f"{a}->{b}"] == pytest.approx(cobps(z, y, fit, score, l2=1e-3), rel=1e-9)
         own = (state == b) & (split == "train")
         assert within[b] == pytest.approx(_naive_cobps(z, y, own, score), rel=1e-6, abs=1e-9)
     assert cross["mean"] == pytest.approx((cross["A->B"] + cross["B->A"]) / 2)
+    # by default each state's GLM takes its penalties on that state's own validation rows
+    chosen, _ = cobps_cross_state(z, y, state, split)
+    for a, b in (("A", "B"), ("B", "A")):
+        fit, score, val = ((state == a) & (split == s) for s in ("train", "test", "val"))
+        score = (state == b) & (split == "test")
+        assert chosen[f"{a}->{b}"] == pytest.approx(cobps(z, y, fit, score, val), rel=1e-9)
     # the per-state GLMs cobps_per_group fits (same rows and budget for two states) are reused as they are
-    glms = group_glms(z, y, split == "train", split == "test", state)
+    val = split == "val"
+    glms = group_glms(z, y, split == "train", split == "test", state, val)
     assert cobps_per_group(z, y, split == "train", split == "test", state, glms=glms) == \
-        cobps_per_group(z, y, split == "train", split == "test", state)
-    assert cobps_cross_state(z, y, state, split, glms=glms) == (cross, within)
+        cobps_per_group(z, y, split == "train", split == "test", state, val)
+    assert cobps_cross_state(z, y, state, split, glms=glms) == (chosen, cobps_cross_state(z, y, state, split)[1])
 
 
 def test_cobps_cross_state_drops_when_the_code_shifts():

@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 from scipy.stats import poisson
 
-from neurojepa.metrics.cobps import bits_per_spike, cobps, cobps_per_group, poisson_nll
+from neurojepa.metrics.cobps import L2_GRID, _fit_glm, bits_per_spike, cobps, cobps_per_group, poisson_nll
 from neurojepa.metrics.decoding import decode, flash_features, flash_onsets
-from neurojepa.metrics.latent import cross_state_r2, forecast_r2, per_dim_std, rankme, ridge_r2
+from neurojepa.metrics.latent import (count_forecast_r2, cross_state_r2, forecast_r2, linear_count_forecast_r2, per_dim_std,
+                                     predicted_count_forecast_r2, rankme, ridge_r2)
 
 rng = np.random.default_rng(0)
 
@@ -117,3 +118,100 @@ def test_ridge_loo_is_sklearns_ridgecv(n, p, k, noise):
     coef, intercept = ridge_loo(x, y, alphas)
     np.testing.assert_allclose(coef, ref.coef_.T, rtol=1e-7, atol=1e-9)
     np.testing.assert_allclose(intercept, ref.intercept_, rtol=1e-7, atol=1e-9)
+
+
+def _sklearn_cobps(z, y, train, val, test, grid=L2_GRID):
+    """Independent reference of the validation-chosen penalty: scikit-learn's PoissonRegressor (whose ``alpha`` is
+    the same per-sample L2 penalty on standardised features) fit one unit and one penalty at a time; the penalty
+    with the lowest Poisson NLL of all units on the val rows is kept; bits/spike on the test rows (features clipped
+    to their range on the train rows, as cobps does)."""
+    from sklearn.linear_model import PoissonRegressor
+    mu, sd = z[train].mean(0), z[train].std(0) + 1e-8
+    x = (z - mu) / sd
+    x = np.clip(x, x[train].min(0), x[train].max(0))
+    fits = {a: [PoissonRegressor(alpha=a, tol=1e-10, max_iter=1000).fit(x[train], y[train, u])
+                for u in range(y.shape[1])] for a in grid}
+    nll = {a: sum(poisson_nll(f.predict(x[val]), y[val, u]) for u, f in enumerate(fs)) for a, fs in fits.items()}
+    best = fits[min(nll, key=nll.get)]
+    return bits_per_spike(np.stack([f.predict(x[test]) for f in best], axis=1), y[test])
+
+
+def test_cobps_chooses_the_penalty_on_validation_bins_as_sklearn_does():
+    n, d = 4000, 12
+    z = rng.standard_normal((n, d))
+    w = np.zeros((d, 5))
+    w[:2] = rng.standard_normal((2, 5)) * 0.5  # two informative features, ten of noise
+    y = rng.poisson(np.exp(np.log(0.1) + z @ w))
+    part = (np.arange(n) // 250) % 4  # blocks: train, train, val, test
+    train, val, test = part < 2, part == 2, part == 3
+    ours = cobps(z, y, train, test, val)
+    assert ours == pytest.approx(_sklearn_cobps(z, y, train, val, test), abs=2e-4)
+    assert ours > 0.05
+
+
+def test_cobps_read_out_does_not_extrapolate_beyond_its_fit_range():
+    """A feature that is ~0 on the fit rows and huge on some test rows (a drifting real unit, through factor
+    analysis) would make the exponential link predict thousands of spikes; clipped to the fit range it cannot."""
+    n = 8000
+    z = rng.standard_normal((n, 3))
+    y = rng.poisson(np.exp(np.log(0.2) + 0.5 * z[:, :1]))
+    part = (np.arange(n) // 250) % 4
+    train, val, test = part < 2, part == 2, part == 3
+    drift = z.copy()
+    drift[np.flatnonzero(test)[:200], 0] = 1e3
+    glm = _fit_glm(drift, y, train, None, None, val)
+    te = np.flatnonzero(test)
+    assert cobps(drift, y, train, test, val) == pytest.approx(bits_per_spike(glm.rates(drift[te]), y[te]))
+    assert bits_per_spike(glm.rates(drift[te]), y[te]) > -0.5
+    unclipped = glm._replace(lo=np.full(3, -np.inf), hi=np.full(3, np.inf))
+    assert bits_per_spike(unclipped.rates(drift[te]), y[te]) < -100
+
+
+def test_cobps_of_a_pure_noise_latent_is_zero_where_a_fixed_small_penalty_overfits():
+    """Issue 16: 60 features of pure noise, 4,000 train bins. The penalty chosen on the
+    validation bins scores within 0.01 of zero; the old fixed per-sample penalty (1e-3) overfits below it. (Sparser
+    data score a constant rate itself below zero: the null is the test rows' own mean, as in NLB.)"""
+    n, local = 8000, np.random.default_rng(1)
+    y = local.poisson(0.2, (n, 8))
+    z = local.standard_normal((n, 60))
+    part = (np.arange(n) // 250) % 4
+    train, val, test = part < 2, part == 2, part == 3
+    assert abs(cobps(z, y, train, test, val)) < 0.01
+    assert abs(cobps(z, y, train, test)) < 0.01  # no val rows: the last fifth of the train rows chooses
+    assert cobps(z, y, train, test, l2=1e-3) < -0.01
+
+
+def _ar_counts(n=12000, d=2, u=20, seed=3):
+    """A slow AR(1) latent driving Poisson counts: the future is partly foreseeable from the present."""
+    r = np.random.default_rng(seed)
+    z = np.zeros((n, d))
+    for t in range(1, n):
+        z[t] = 0.97 * z[t - 1] + 0.25 * r.standard_normal(d)
+    y = r.poisson(np.exp(np.log(0.3) + z @ r.normal(scale=0.6, size=(d, u)))).astype(np.uint8)
+    return z, y
+
+
+def test_count_forecast_r2_is_zero_for_the_mean_rate_forecast_and_one_for_the_truth():
+    y = rng.poisson(0.5, (500, 6)).astype(float)
+    mean = y.mean(0)
+    assert count_forecast_r2([(np.broadcast_to(mean, y.shape), y)], mean) == pytest.approx(0.0)
+    assert count_forecast_r2([(y, y)], mean) == pytest.approx(1.0)
+
+
+def test_count_forecasts_beat_the_mean_from_a_latent_and_not_from_noise():
+    z, y = _ar_counts()
+    k = 5
+    origins = np.arange(len(z) - k)
+    fit, score = origins[origins < 8000], origins[origins >= 8000 + k]
+    informed = linear_count_forecast_r2(z, y, k, fit, score)
+    assert informed > 0.02
+    noise = linear_count_forecast_r2(rng.standard_normal((len(z), 2)), y, k, fit, score)
+    assert abs(noise) < 0.01
+    # a model's own forecast of its latent, read out by a map fit on its forecasts: the true AR forecast scores about
+    # what the best linear forecast read-out scores; a predictor that outputs noise scores the mean rates' 0
+    ar = lambda zb: np.stack([0.97 ** (j + 1) * zb for j in range(k)], axis=1)  # noqa: E731
+    own = predicted_count_forecast_r2(z, y, k, ar, fit, score)
+    assert own == pytest.approx(informed, abs=0.02) and own > 0.02
+    noise_rng = np.random.default_rng(5)
+    babble = lambda zb: noise_rng.standard_normal((len(zb), k, 2))  # noqa: E731
+    assert abs(predicted_count_forecast_r2(z, y, k, babble, fit, score)) < 0.01

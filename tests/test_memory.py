@@ -102,7 +102,7 @@ def _evaluation_peak(n_bins: int, n_units: int) -> float:
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert {"raw", "pca", "fa"} <= set(metrics["baselines"]) and np.isfinite(metrics["baselines"]["raw"]["gt_r2"])
+    assert {"smoothing", "pca", "fa"} <= set(metrics["baselines"]) and np.isfinite(metrics["baselines"]["smoothing"]["gt_r2"])
     return peak
 
 

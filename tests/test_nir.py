@@ -70,7 +70,7 @@ def test_nir_graph_runs_in_a_second_simulator_with_the_students_spikes(tmp_path,
     ``StudentNet.simulate`` on the same held-per-bin input.
 
     What NIR cannot carry is switched off in this test network: the refractory input gate, spike-frequency
-    adaptation and the private noise current. What still differs is the reset: NIR's LIF resets to v_reset (0), the
+    adaptation, the private noise current and the divisive input normalisation. What still differs is the reset: NIR's LIF resets to v_reset (0), the
     student subtracts the threshold (recorded in the LIF node's metadata). Stepped with the subtractive reset, 100 %
     of the spikes are identical (bit for bit); with NIR's own reset 84 % are (of 1029 spikes: a reset to 0 instead of
     to the overshoot above threshold shifts a neuron's next spike, and the recurrent input passes the shift on). The
@@ -79,7 +79,7 @@ def test_nir_graph_runs_in_a_second_simulator_with_the_students_spikes(tmp_path,
     from neurojepa.student.nir_simulate import held_input, simulate_nir
 
     cfg = StudentConfig(n_exc=40, n_inh=10, seed=3, readout_taus=[0.03, 0.1], refractory=0.0, adapt_strength=0.0,
-                        noise_std=0.0)
+                        noise_std=0.0, input_norm_tau=0.0)
     net = StudentNet(20, 4, cfg, bin_size=0.01)
     counts = torch.from_numpy(np.random.default_rng(0).poisson(0.3, (2, 100, 20)).astype(np.float32))
     net.calibrate_bias(counts)  # firing near 10 Hz, so that the comparison has spikes to compare
@@ -106,7 +106,8 @@ def test_nir_graph_runs_in_a_second_simulator_with_the_students_spikes(tmp_path,
 
     assert "NIR cannot represent" not in caplog.text  # nothing lost for this network; the default student warns:
     student_to_nir(StudentNet(5, 2, StudentConfig(n_exc=4, n_inh=1), bin_size=0.01))
-    assert "NIR cannot represent this student's refractory 0.002, adapt_strength 0.25, noise_std 0.3" in caplog.text
+    assert ("NIR cannot represent this student's refractory 0.002, adapt_strength 0.25, noise_std 0.3, "
+            "input_norm_tau 1" in caplog.text)
 
     bin_end = same["output"][net.substeps - 1:: net.substeps].transpose(0, 1)  # (B, bins, D) at each bin's last step
     for d in range(4):

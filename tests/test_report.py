@@ -36,7 +36,7 @@ def teacher_metrics(**over) -> dict:
                                     cobps_cross_state=0.02,
                                     gt_r2_cross_state_pairs={"active->passive": 0.5, "passive->active": 0.5},
                                     decoding=_decoding(0.7)),
-                        "raw": dict(gt_r2=0.6, cobps=0.05, rankme=15.0, gt_r2_cross_state=0.45, decoding=_decoding(0.65))})
+                        "smoothing": dict(gt_r2=0.6, cobps=0.05, rankme=15.0, gt_r2_cross_state=0.45, decoding=_decoding(0.65))})
     t.update(over)
     return t
 

@@ -270,3 +270,20 @@ def test_wall_clock_cap_is_flagged(tmp_path, caplog):
                           val=Intervals.of_split(split, None, "val"))
     assert net.time_capped and net.global_step < cfg.max_steps
     assert "max_minutes" in caplog.text
+
+
+def test_inhibitory_neurons_get_their_own_band_floor_and_start_above_excitatory_ones():
+    """rate_low_inh_hz: the band penalty's lower edge per neuron (I neurons 10 Hz, E 5 Hz); target_rate_inh_hz:
+    the calibrated bias puts I neurons near 15 Hz, E ones near 10 Hz (fast-spiking interneurons fire above
+    pyramidal cells)."""
+    net, x, _ = _net()
+    assert net.band_low[: net.n_exc].eq(5.0).all() and net.band_low[net.n_exc:].eq(10.0).all()
+    r = torch.tensor([4.0, 8.0, 8.0])
+    assert band_penalty(r, torch.tensor([5.0, 5.0, 10.0]), 20.0).item() == pytest.approx((1 + 0 + 4) / 3)
+    rate = net.simulate(x)["spikes"].float().mean((0, 1)) / net.cfg.dt
+    e, i = rate[: net.n_exc].median().item(), rate[net.n_exc:].median().item()
+    assert 7 < e < 13 and 12 < i < 18 and i > e
+    same, x, _ = _net(rate_low_inh_hz=0.0, target_rate_inh_hz=0.0)  # 0: the E values for both
+    assert same.band_low.eq(5.0).all()
+    rate = same.simulate(x)["spikes"].float().mean((0, 1)) / same.cfg.dt
+    assert 7 < rate[same.n_exc:].median().item() < 13

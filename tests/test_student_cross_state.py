@@ -5,13 +5,10 @@ firing statistics per state against counts by hand, and evaluate_student adds th
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from neurojepa.metrics.cca import cca_cross_state
 from neurojepa.student.config import StudentConfig
 from neurojepa.student.evaluate import evaluate_student, firing_by_state
-from neurojepa.student.network import StudentNet
-from neurojepa.synthetic.toy import synthetic_session
 
 
 def _inv_sqrt(c):
@@ -94,12 +91,8 @@ def test_firing_by_state_groups_chunks_by_their_bins():
     assert set(firing_by_state(spikes, np.array([90]), 50, state, cfg)) == set()  # straddles a and b: left out
 
 
-def test_evaluate_student_adds_cross_state_keys_and_keeps_the_rest():
-    torch.manual_seed(0)
-    cfg = StudentConfig(n_exc=24, n_inh=6, window=8, burn_in=2, batch_size=4, eval_chunk=40, eval_spike_chunks=8)
-    counts, lat, split = synthetic_session(n_units=20, n_bins=3000, d=3, seed=0, block=100)
-    net = StudentNet(20, 3, cfg, bin_size=0.01)
-    net.calibrate_bias(torch.tensor(counts[:120].reshape(4, 30, 20).astype(np.float32)))
+def test_evaluate_student_adds_cross_state_keys_and_keeps_the_rest(toy_student):
+    cfg, counts, lat, split, net = toy_student
     state = np.where(np.arange(3000) % 1000 < 500, "active", "passive")
     running = lat[:, 0] + 0.1 * np.random.default_rng(0).standard_normal(3000)
     labels = pd.DataFrame({"state": state, "running": running})

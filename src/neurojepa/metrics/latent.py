@@ -251,3 +251,72 @@ def forecast_r2_cross_state(z, horizon: int, origins: np.ndarray, state: np.ndar
     if within:
         within["mean"] = float(np.mean(list(within.values())))
     return cross, within
+
+
+# ------------------------------------------------------------------------------------ forecasting spike counts
+COUNT_FORECAST_BYTES = 256 * 2**20  # float64 future-count targets of the fit rows (K x units per row)
+
+
+def count_forecast_r2(blocks, mean_rate: np.ndarray) -> float:
+    """Skill of a count forecast over the mean-rate forecast: ``1 - SSE(forecast) / SSE(mean_rate)``, pooled over
+    rows, horizons and units. blocks: (forecast, actual) pairs of (n, K * U) arrays (horizon-major, as
+    :class:`FutureRows`); mean_rate: (K * U,) the mean-rate forecast (each unit's mean count on the fit rows).
+    0: no better than the mean rates; 1: every count foreseen; negative: worse than the mean."""
+    sse = sse0 = 0.0
+    for pred, actual in blocks:
+        actual = np.asarray(actual, dtype=np.float64)
+        sse += float(((actual - pred) ** 2).sum())
+        sse0 += float(((actual - mean_rate) ** 2).sum())
+    return 1.0 - sse / sse0 if sse0 > 0 else float("nan")
+
+
+def count_rows(rows: np.ndarray, horizon: int, units: int) -> np.ndarray:
+    """At most as many evenly spaced ``rows`` as keep their (K * units) float64 targets in
+    ``COUNT_FORECAST_BYTES`` (at least 2,000)."""
+    cap = max(2000, COUNT_FORECAST_BYTES // (8 * horizon * max(units, 1)))
+    return rows[np.linspace(0, len(rows) - 1, cap).astype(int)] if len(rows) > cap else rows
+
+
+def linear_count_forecast_r2(x, counts, horizon: int, fit_rows, score_rows,
+                             alphas=(1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)) -> float:
+    """:func:`count_forecast_r2` of a linear forecast read-out: ridge from the features at t (x: (n, D), an array
+    or a row source) to the counts (n, U) of t+1..t+K, strength by leave-one-out, fit on ``fit_rows`` (forecast
+    origins: rows whose next K rows are in the same run), scored on ``score_rows`` against the fit rows' mean rates.
+    How a model without a predictor (PCA, smoothing) forecasts; NaN with too few rows."""
+    tr = count_rows(as_rows(fit_rows, x.shape[0]), horizon, counts.shape[1])
+    te = as_rows(score_rows, x.shape[0])
+    if len(tr) <= x.shape[1] or len(te) < 2:
+        return float("nan")
+    future = FutureRows(counts, horizon)
+    xtr = np.asarray(take_rows(x, tr), dtype=np.float64)
+    mu, sd = xtr.mean(0), xtr.std(0) + 1e-8
+    y = future.take(tr).astype(np.float64)
+    coef, intercept = _ridge_loo_rows(xtr, y, np.arange(len(tr)), alphas, mu, sd)
+    width = x.shape[1] + 2 * future.shape[1]
+    return count_forecast_r2((((b - mu) / sd @ coef + intercept, future.take(te[pos]))
+                              for pos, b in row_blocks(x, te, width=width)), y.mean(0))
+
+
+def predicted_count_forecast_r2(z, counts, horizon: int, forecast, fit_rows, score_rows,
+                                alphas=(1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)) -> float:
+    """:func:`count_forecast_r2` of a model's own forecast: ``forecast(z_rows) -> (n, K, D)`` future latents (the
+    teacher's predictor), read out to counts by one ridge map from a forecast latent z^_{t+k} to the counts of bin
+    t+k (strength by leave-one-out), fit on the forecasts from ``fit_rows`` (forecast origins: rows whose next K rows
+    are in the same run) and scored on the next K bins of ``score_rows`` against the fit rows' mean rates. The map
+    is fit on forecasts, not on the encoder's latents, so it weighs each forecast dim by how well it is foreseen."""
+    tr = count_rows(as_rows(fit_rows, z.shape[0]), horizon, counts.shape[1])
+    te = as_rows(score_rows, z.shape[0])
+    if len(tr) <= z.shape[1] or len(te) < 2:
+        return float("nan")
+    future = FutureRows(counts, horizon)
+    ftr = np.asarray(forecast(np.asarray(take_rows(z, tr))), dtype=np.float64).reshape(len(tr) * horizon, -1)
+    ytr = future.take(tr).astype(np.float64).reshape(len(tr) * horizon, -1)  # horizon-major rows: (t, k) pairs
+    mu, sd = ftr.mean(0), ftr.std(0) + 1e-8
+    coef, intercept = _ridge_loo_rows(ftr, ytr, np.arange(len(ftr)), alphas, mu, sd)
+
+    def blocks():
+        for pos, b in row_blocks(z, te, width=z.shape[1] * (horizon + 1) + 2 * future.shape[1]):
+            pred = (np.asarray(forecast(b), dtype=np.float64) - mu) / sd @ coef + intercept  # (n, K, U)
+            yield pred.reshape(len(pred), -1), future.take(te[pos])
+
+    return count_forecast_r2(blocks(), np.tile(ytr.mean(0), horizon))

@@ -1,7 +1,7 @@
 """Rows of a feature matrix, in blocks of bounded size: how every metric reads its features.
 
 A metric's features ``x`` are either an ``(n_bins, D)`` array or a *row source*: any object with ``shape``
-(``(n_bins, D)``) and ``take(rows) -> (len(rows), D) array`` that computes rows on demand (the ``raw`` baseline's
+(``(n_bins, D)``) and ``take(rows) -> (len(rows), D) array`` that computes rows on demand (the ``smoothing`` baseline's
 smoothed counts of a full-size session are 870k bins x 1,100 units, 3.8 GB as float32, and are never held whole:
 ``teacher/baselines.SmoothedCounts``). Metrics touch features only through :func:`take_rows` and
 :func:`row_blocks`, so their memory is one block (``BLOCK_BYTES`` of float64) whatever the session's length.

@@ -40,7 +40,7 @@ from .targets import NA, PASS, dig, evaluate_targets, number, rate_band
 
 log = logging.getLogger(__name__)
 
-BASELINE_ORDER = ("pca", "raw", "fa", "cebra")
+BASELINE_ORDER = ("smoothing", "pca", "fa", "cebra", "raw")  # raw: the smoothing baseline's name before issue 16
 TRAJECTORY_S = 4.0  # length of the test stretch drawn in trajectory figures
 
 
@@ -282,6 +282,12 @@ def _teacher_section(run_dir: Path, teacher: dict | None, ps) -> Section:
         rows += [["embed_dim", _scalar(teacher, "embed_dim")] + [""] * (len(names) - 1),  # "": not applicable
                  ["train_seconds", _scalar(teacher, "train_seconds")] + [""] * (len(names) - 1)]
         sec.add(table(["metric (held-out)"] + names, rows))
+        sec.add(paragraph("cobps: bits/spike of the held-out units from each model's features, Poisson GLM with one "
+                          "penalty chosen on validation bins, fit on every train bin (the Neural Latents Benchmark's "
+                          "co-smoothing; smoothing is its smoothed-counts baseline). forecast_r2: skill of the "
+                          "forecast of the held-in units' counts over the next bins against the mean-rate forecast "
+                          "(0 = no better than each unit's mean rate); the teacher forecasts with its predictor, "
+                          "the baselines with a linear forecast read-out."))
 
     sec.subheading("Training curves")
     curves = read_curves(*find_csv_logs(run_dir / "teacher"))
@@ -330,8 +336,9 @@ def _student_section(run_dir: Path, student: dict | None, ps) -> Section:
         sec.add(not_available("student metrics (student/metrics.json)"))
     else:
         keys = ("cca_heldout_mean", "cca_null_mean", "cca_heldout_mean_unconstrained", "rate_hz_median",
-                "rate_hz_median_exc", "rate_hz_median_inh", "frac_in_band", "cv_isi_median", "fano_median",
-                "n_silent", "n_saturated", "dale_violations", "n_exc", "n_inh", "ei_current_corr_median",
+                "rate_hz_median_exc", "rate_hz_median_inh", "rate_ratio_inh_exc", "frac_in_band", "cv_isi_median",
+                "lv_median", "fano_median", "n_silent", "n_saturated", "dale_violations", "n_exc", "n_inh",
+                "ei_current_corr_median",
                 "decoding_ratio_mean", "decoding_ratio_min", "train_seconds")
         sec.add(_kv_table([(k, _scalar(student, k)) for k in keys]))
     rd, why = _load_npz(run_dir / "student" / "report_data.npz")
@@ -382,6 +389,12 @@ def _student_section(run_dir: Path, student: dict | None, ps) -> Section:
     return sec
 
 
+def _e_i(firing: dict) -> str | None:
+    """'E / I' median rates (Hz) of a student firing summary, None when it has no E/I split."""
+    e, i = number(firing.get("rate_hz_median_exc")), number(firing.get("rate_hz_median_inh"))
+    return None if e is None or i is None else f"{e:.1f} / {i:.1f}"
+
+
 def _cross_section(teacher: dict | None, student: dict | None) -> Section:
     sec = Section("cross-state", "Within vs cross-state")
     sec.add(paragraph("The research question: does a code learned in one behavioural state transfer to another? "
@@ -413,9 +426,12 @@ def _cross_section(teacher: dict | None, student: dict | None) -> Section:
         shown = True
     by_state = (student or {}).get("firing_by_state") or {}
     if by_state:
-        sec.add(paragraph("Student firing on held-out chunks of each state:"))
-        sec.add(table(["state", "median rate (Hz)", "fraction in band", "median CV of ISI", "chunks"],
-                      [[st, v.get("rate_hz_median"), v.get("frac_in_band"), v.get("cv_isi_median"), v.get("n_chunks")]
+        sec.add(paragraph("Student firing on held-out chunks of each state (E/I current correlation: per neuron, "
+                          "E input current vs |I input current|, median):"))
+        sec.add(table(["state", "median rate (Hz)", "E / I median (Hz)", "fraction in band", "median CV of ISI",
+                       "median Fano (100 ms)", "E/I current corr", "silent", "chunks"],
+                      [[st, v.get("rate_hz_median"), _e_i(v), v.get("frac_in_band"), v.get("cv_isi_median"),
+                        v.get("fano_median"), v.get("ei_current_corr_median"), v.get("n_silent"), v.get("n_chunks")]
                        for st, v in sorted(by_state.items())]))
         shown = True
     beh_rows = []

@@ -157,8 +157,10 @@ def ei_rasters(t: np.ndarray, exc: np.ndarray, inh: np.ndarray) -> Figure:
 
 
 def rate_histogram(rates_hz: np.ndarray, is_exc: np.ndarray, band: Sequence[float] | None) -> Figure:
-    """Histogram of per-neuron rates (Hz), E and I stacked, with the homeostatic band (low, high) in Hz shaded: the
-    run's own (the student's ``rate_band_hz`` metric); None (a run that did not record it): no band drawn."""
+    """Per-neuron rate distributions (Hz) of E and I neurons side by side (bars beside each other, each population
+    as a fraction of its own neurons, so 256 E and 64 I compare by shape; dashed lines: their medians; in cortex
+    fast-spiking I cells fire above E cells), with the homeostatic band (low, high) in Hz shaded: the run's own
+    (the student's ``rate_band_hz`` metric); None (a run that did not record it): no band drawn."""
     r, e = np.asarray(rates_hz, float), np.asarray(is_exc, bool)
     fig, (ax,) = _fig(5.0, 3.2)
     rmax = float(np.nanmax(r)) if r.size else 1.0
@@ -170,8 +172,15 @@ def rate_histogram(rates_hz: np.ndarray, is_exc: np.ndarray, band: Sequence[floa
         inside = np.mean((r >= lo) & (r <= hi)) if r.size else np.nan
         title, top = f"firing rates: {inside:.0%} in band", max(hi * 1.5, rmax)
     bins = np.linspace(0, top, 40)
-    ax.hist([r[e], r[~e]], bins=bins, stacked=True, color=[EXC_COLOR, INH_COLOR], label=["E", "I"])
-    ax.set(xlabel="rate (Hz)", ylabel="neurons", title=title)
+    groups = [(r[m], c, name) for m, c, name in ((e, EXC_COLOR, "E"), (~e, INH_COLOR, "I")) if m.any()]
+    if groups:
+        ax.hist([g[0] for g in groups], bins=bins, color=[g[1] for g in groups],
+                weights=[np.full(len(g[0]), 1.0 / len(g[0])) for g in groups],
+                label=[f"{g[2]} (n={len(g[0])})" for g in groups])
+        for x, c, name in groups:
+            med = float(np.median(x))
+            ax.axvline(med, color=c, ls="--", lw=1.2, label=f"{name} median {med:.1f} Hz")
+    ax.set(xlabel="rate (Hz)", ylabel="fraction of neurons", title=title)
     ax.legend(frameon=False, fontsize=8)
     return fig
 

@@ -97,7 +97,7 @@ def _half_dim(m: dict) -> float | None:
 @dataclass(frozen=True)
 class Target:
     """One headline number and its rule. value(m) -> float|None; bound(m) -> the reference (a constant or another
-    metric, e.g. the PCA baseline); op: ">=", "<", "==", "in" (bound is then (low, high)); description: text, or
+    metric, e.g. the PCA baseline); op: ">=", ">", "<", "==", "in" (bound is then (low, high)); description: text, or
     a function of the metrics for text that depends on the run (the student's rate band)."""
 
     phase: str
@@ -112,7 +112,7 @@ class Target:
         v, b = self.value(m), self.bound(m)
         if v is None or b is None or (isinstance(b, tuple) and any(x is None for x in b)):
             return v, b, NA
-        ok = {">=": lambda: v >= b, "<": lambda: v < b, "==": lambda: v == b,
+        ok = {">=": lambda: v >= b, ">": lambda: v > b, "<": lambda: v < b, "==": lambda: v == b,
               "in": lambda: b[0] <= v <= b[1]}[self.op]()
         return v, b, PASS if ok else FAIL
 
@@ -135,9 +135,9 @@ def _const(x: Any) -> Callable[[dict], Any]:
 
 
 def _best_baseline(key: str) -> Callable[[dict], float | None]:
-    """The higher of the raw-count and PCA baselines' ``key`` (None when neither has it)."""
+    """The higher of the smoothing and PCA baselines' ``key`` (None when neither has it)."""
     def best(m: dict) -> float | None:
-        vals = [v for v in (number(dig(m, "teacher", "baselines", b, key)) for b in ("raw", "pca")) if v is not None]
+        vals = [v for v in (number(dig(m, "teacher", "baselines", b, key)) for b in ("smoothing", "pca")) if v is not None]
         return max(vals) if vals else None
     return best
 
@@ -149,9 +149,13 @@ TARGETS: list[Target] = [
            _get("teacher", "baselines", "pca", "gt_r2")),
     Target("teacher", "cobps vs PCA", "PCA baseline", _get("teacher", "cobps"), ">=",
            _get("teacher", "baselines", "pca", "cobps")),
+    Target("teacher", "cobps vs smoothing", "NLB's smoothing baseline: smoothed held-in counts -> GLM",
+           _get("teacher", "cobps"), ">=", _get("teacher", "baselines", "smoothing", "cobps")),
+    Target("teacher", "forecast_r2 vs the mean-rate forecast", "0: no better than each unit's mean rate",
+           _get("teacher", "forecast_r2"), ">", _const(0.0)),
     Target("teacher", "cobps (per-state GLM) vs PCA", "PCA baseline, same per-state GLM",
            _get("teacher", "cobps_per_state"), ">=", _get("teacher", "baselines", "pca", "cobps_per_state")),
-    Target("teacher", "gt_r2_cross_state vs baselines", "best of raw and PCA (an aim of the issue)",
+    Target("teacher", "gt_r2_cross_state vs baselines", "best of smoothing and PCA (an aim of the issue)",
            _get("teacher", "gt_r2_cross_state"), ">=", _best_baseline("gt_r2_cross_state")),
     Target("teacher", "cobps_cross_state vs PCA", "PCA baseline, GLM fit in one state, scored in the other",
            _get("teacher", "cobps_cross_state"), ">=", _get("teacher", "baselines", "pca", "cobps_cross_state")),

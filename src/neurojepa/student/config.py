@@ -6,6 +6,9 @@ refit, so that distillation + evaluation of the default session with the ablatio
 (docs/budget.md: steps vs CCA).
 Fast spike-frequency adaptation and the burst penalty keep the CV of ISI in band as training sharpens tuning; four
 readout filters (10, 30, 100, 300 ms) serve fast and slow teacher components (measurements in docs/student.md).
+Divisive input normalisation (``input_norm_tau``) keeps the rates in band in a state the student never saw, and a
+higher band floor for I neurons (``rate_low_inh_hz``, ``target_rate_inh_hz``) makes them fire above E ones, as
+fast-spiking interneurons do (issue 17; table in docs/student.md).
 """
 
 from __future__ import annotations
@@ -36,9 +39,13 @@ class StudentConfig:
     noise_std: float = 0.3  # std of the private background current per step (threshold units); 0 = deterministic
     noise_tau: float = 0.0  # s, correlation time of the background noise (Ornstein-Uhlenbeck); 0 = white
     target_rate_hz: float = 10.0  # initial bias aims here
+    target_rate_inh_hz: float = 15.0  # initial bias of I neurons aims here (fast-spiking: above E); 0 = target_rate_hz
+    input_norm_tau: float = 1.0  # s, divisive normalisation of the input by a running mean of the population input count; 0 = off
+    input_norm_exponent: float = 0.5  # gain = (reference / running mean) ** exponent (1: full normalisation, 0.5: half, in log terms)
     # losses
     rate_low_hz: float = 5.0  # lower edge of the homeostatic band (Hz)
     rate_high_hz: float = 20.0  # upper edge of the homeostatic band (Hz)
+    rate_low_inh_hz: float = 10.0  # lower edge of the band for I neurons in the penalty (Hz; fast-spiking cells fire above E); 0 = rate_low_hz
     homeostasis_weight: float = 1.5  # per Hz^2, mean over neurons
     homeostasis_per_window: bool = False  # rates per batch window (bounds modulation depth) or pooled over the batch
     rate_floor_hz: float = 0.0  # per-window lower rate bound (Hz, weight homeostasis_weight); 0 = off

@@ -5,7 +5,8 @@
   are left out of the scores.
 * ``cca_heldout``: CCA directions fit on the train blocks (student readout vs teacher latents), correlations of each
   canonical pair on the test blocks; ``cca_null_mean``: the same against circularly time-shifted teacher latents.
-* Firing statistics on held-out (test) chunks: rates (Hz), fraction in the homeostatic band (``rate_low_hz`` to
+* Firing statistics on held-out (test) chunks (:func:`firing_summary`): rates (Hz; medians of all, E and I neurons
+  and ``rate_ratio_inh_exc``), fraction in the homeostatic band (``rate_low_hz`` to
   ``rate_high_hz``, written beside it as ``rate_band_hz``, which the report draws), CV of ISI, Fano factor
   (100 ms windows), silent/saturated counts, Dale violations, and the E/I input-current correlation per neuron.
 * Decoding of the teacher's tasks from the student readout, with its ratio to the teacher's (balanced accuracy),
@@ -15,8 +16,9 @@
 * With two or more states (the teacher's ``compare_states``): ``cca_cross_state`` (``cca_cross_state_pairs``
   {"A->B", ..., "mean"}): CCA directions fit on state A's train blocks, mean correlation on state B's test blocks;
   ``cca_cross_state_null``: the same against circularly time-shifted teacher latents; ``firing_by_state``
-  {state: {rate_hz_median, frac_in_band, cv_isi_median, n_chunks}}: the firing statistics' held-out chunks grouped
-  by their bins' state (chunks straddling two states are left out; no extra simulation).
+  {state: {rate_hz_median(_exc/_inh), frac_in_band, cv_isi_median, lv_median, fano_median, n_silent, n_saturated,
+  ei_current_corr_median, n_chunks, seconds}}: the firing statistics' held-out chunks grouped by their bins' state
+  (chunks straddling two states are left out; no extra simulation: the currents' 8 chunks are spread over states).
 """
 
 from __future__ import annotations
@@ -116,6 +118,50 @@ def student_readout(net: StudentNet, counts: np.ndarray, chunk: int, burn_in: in
     return _whole_session(net, counts, chunk, burn_in, batch, ("readout",))["readout"]
 
 
+def _current_chunks(starts: np.ndarray, chunk: int, state: np.ndarray | None, n: int = 8) -> np.ndarray:
+    """Indices (into starts) of the chunks whose E and I input currents are recorded: the first ``n``, or with
+    states, up to ``n`` spread evenly over the states of the single-state chunks (at least 2 per state), so that
+    every state's E/I current correlation is measured."""
+    if state is None:
+        return np.arange(min(n, len(starts)))
+    cs = _chunk_states(starts, chunk, state)
+    groups = [np.flatnonzero(cs == st) for st in sorted(set(cs) - {""})]
+    if len(groups) < 2:
+        return np.arange(min(n, len(starts)))
+    per = max(2, n // len(groups))
+    return np.sort(np.concatenate([g[:per] for g in groups]))
+
+
+def _chunk_states(starts: np.ndarray, chunk: int, state: np.ndarray) -> np.ndarray:
+    """The state of each chunk [s, s + chunk), or "" when its bins are not all of one state."""
+    state = np.asarray(state).astype(str)
+    return np.array([state[s] if (state[s:s + chunk] == state[s]).all() else "" for s in starts])
+
+
+def _nan_median(a) -> float:
+    a = np.asarray(a, float)
+    return float(np.nanmedian(a)) if np.isfinite(a).any() else float("nan")
+
+
+def firing_summary(spikes: np.ndarray, n_exc: int, cfg: StudentConfig, i_exc: np.ndarray | None = None,
+                   i_inh: np.ndarray | None = None) -> dict:
+    """The firing statistics of spikes (chunks, steps, N) (E neurons first): rate medians (all, E, I; Hz), fraction
+    in the band, CV of ISI, LV, Fano factor (100 ms windows), silent/saturated counts and, with the chunks' input
+    currents (chunks', steps, N), the median per-neuron E/I current correlation."""
+    r = spiking.rate_hz(spikes, cfg.dt)
+    silent, saturated = spiking.silent_saturated(r, cfg.silent_below_hz, cfg.saturated_above_hz)
+    out = dict(rate_hz_median=float(np.median(r)), rate_hz_median_exc=float(np.median(r[:n_exc])),
+               rate_hz_median_inh=float(np.median(r[n_exc:])) if len(r) > n_exc else float("nan"),
+               frac_in_band=spiking.frac_in_band(r, cfg.rate_low_hz, cfg.rate_high_hz),
+               cv_isi_median=_nan_median(spiking.cv_isi(spikes)),
+               lv_median=_nan_median(spiking.lv_isi(spikes)),  # local variation: irregularity without slow modulation
+               fano_median=_nan_median(spiking.fano_factor(spikes, int(round(0.1 / cfg.dt)))),
+               n_silent=silent, n_saturated=saturated)
+    if i_exc is not None and i_inh is not None and len(i_exc):
+        out["ei_current_corr_median"] = _nan_median(spiking.ei_current_correlation(i_exc, i_inh))
+    return out
+
+
 def firing_statistics(net: StudentNet, counts: np.ndarray, test_mask: np.ndarray, cfg: StudentConfig,
                       record: dict | None = None, state: np.ndarray | None = None) -> dict:
     """Firing statistics of the student on up to ``cfg.eval_spike_chunks`` chunks lying wholly in test bins.
@@ -132,12 +178,11 @@ def firing_statistics(net: StudentNet, counts: np.ndarray, test_mask: np.ndarray
     spikes = _run_chunks(net, counts, starts, chunk, cfg.burn_in)["spikes"]
     if record is not None:
         record.update(spikes=spikes, chunk_start_bin=starts)
-    cur = _run_chunks(net, counts, starts[:8], chunk, cfg.burn_in, record_currents=True)
+    cur_idx = _current_chunks(starts, chunk, state)
+    cur = _run_chunks(net, counts, starts[cur_idx], chunk, cfg.burn_in, record_currents=True)
     ne = net.n_exc
+    summary = firing_summary(spikes, ne, cfg, cur["i_exc"], cur["i_inh"])
     r = spiking.rate_hz(spikes, cfg.dt)
-    silent, saturated = spiking.silent_saturated(r, cfg.silent_below_hz, cfg.saturated_above_hz)
-    ei = spiking.ei_current_correlation(cur["i_exc"], cur["i_inh"])
-    nan_median = lambda a: float(np.nanmedian(a)) if np.isfinite(a).any() else float("nan")  # noqa: E731
     cvs = spiking.cv_isi(spikes)
     # what the report draws and only this simulation knows (keys: student.report_data.REPORT_DATA_KEYS)
     t_show = min(spikes.shape[1], int(round(1.0 / cfg.dt)))  # 1 s of the first held-out chunk
@@ -148,35 +193,38 @@ def firing_statistics(net: StudentNet, counts: np.ndarray, test_mask: np.ndarray
     report = dict(raster_t=np.arange(t_show) * cfg.dt, raster_exc=spikes[0][:t_show][:, show_e].astype(bool),
                   raster_inh=spikes[0][:t_show][:, show_i].astype(bool), rates_hz=r.astype(np.float64),
                   is_exc=np.arange(net.n_exc + net.n_inh) < ne, cv_isi=np.asarray(cvs, np.float64), w_rec=w)
-    by_state = firing_by_state(spikes, starts, chunk, state, cfg) if state is not None else {}
-    return dict(_report=report,rate_hz_median=float(np.median(r)), rate_hz_median_exc=float(np.median(r[:ne])),
-                rate_hz_median_inh=float(np.median(r[ne:])),
-                frac_in_band=spiking.frac_in_band(r, cfg.rate_low_hz, cfg.rate_high_hz),
-                rate_band_hz=[float(cfg.rate_low_hz), float(cfg.rate_high_hz)],
-                cv_isi_median=nan_median(cvs),
-                lv_median=nan_median(spiking.lv_isi(spikes)),  # local variation: irregularity without slow modulation
-                fano_median=nan_median(spiking.fano_factor(spikes, int(round(0.1 / cfg.dt)))),
-                n_silent=silent, n_saturated=saturated, ei_current_corr_median=nan_median(ei),
+    by_state = (firing_by_state(spikes, starts, chunk, state, cfg, n_exc=ne,
+                                currents=(cur_idx, cur["i_exc"], cur["i_inh"])) if state is not None else {})
+    rE, rI = summary["rate_hz_median_exc"], summary["rate_hz_median_inh"]
+    return dict(_report=report, **summary, rate_band_hz=[float(cfg.rate_low_hz), float(cfg.rate_high_hz)],
+                rate_ratio_inh_exc=float(rI / rE) if rE > 0 else float("nan"),
                 firing_seconds=float(spikes.shape[0] * spikes.shape[1] * cfg.dt),
                 **({"firing_by_state": by_state} if len(by_state) > 1 else {}))
 
 
 def firing_by_state(spikes: np.ndarray, starts: np.ndarray, chunk: int, state: np.ndarray,
-                    cfg: StudentConfig) -> dict:
-    """{state: {rate_hz_median, frac_in_band, cv_isi_median, n_chunks}} of the held-out chunks (spikes (B, steps,
-    N), chunk b covering bins [starts[b], starts[b] + chunk)) grouped by the state of their bins; a chunk whose bins
-    are not all of one (non-empty) state is left out."""
-    state = np.asarray(state).astype(str)
-    chunk_state = np.array([state[s] if (state[s:s + chunk] == state[s]).all() else "" for s in starts])
+                    cfg: StudentConfig, n_exc: int | None = None, currents: tuple | None = None) -> dict:
+    """{state: {...}} of the held-out chunks (spikes (B, steps, N), chunk b covering bins [starts[b], starts[b] +
+    chunk)) grouped by the state of their bins; a chunk whose bins are not all of one (non-empty) state is left
+    out. Per state: the statistics of :func:`firing_summary` (rate medians of all, E (the first ``n_exc``; all
+    neurons when None) and I neurons, fraction in band, CV of ISI, LV, Fano factor, silent/saturated) plus
+    ``n_chunks`` and ``seconds``; with ``currents`` = (chunk indices into starts, i_exc, i_inh (len(indices),
+    steps, N)), also ``ei_current_corr_median`` over that state's recorded chunks."""
+    chunk_state = _chunk_states(starts, chunk, state)
+    ne = spikes.shape[2] if n_exc is None else int(n_exc)
     out = {}
     for st in sorted(set(chunk_state) - {""}):
-        sp = spikes[chunk_state == st]
-        r = spiking.rate_hz(sp, cfg.dt)
-        cvs = spiking.cv_isi(sp)
-        out[str(st)] = dict(rate_hz_median=float(np.median(r)),
-                       frac_in_band=spiking.frac_in_band(r, cfg.rate_low_hz, cfg.rate_high_hz),
-                       cv_isi_median=float(np.nanmedian(cvs)) if np.isfinite(cvs).any() else float("nan"),
-                       n_chunks=int(len(sp)))
+        sel = chunk_state == st
+        sp = spikes[sel]
+        ie = ii = None
+        if currents is not None:
+            idx, i_exc, i_inh = currents
+            mine = sel[np.asarray(idx, int)]
+            ie, ii = i_exc[mine], i_inh[mine]
+        summary = firing_summary(sp, ne, cfg, ie, ii)
+        if ne >= spikes.shape[2]:  # no I neurons named: no E/I split
+            summary.pop("rate_hz_median_exc"), summary.pop("rate_hz_median_inh")
+        out[str(st)] = dict(**summary, n_chunks=int(len(sp)), seconds=float(sp.shape[0] * sp.shape[1] * cfg.dt))
     return out
 
 
@@ -256,9 +304,12 @@ def evaluate_student(net: StudentNet, counts: np.ndarray, latents: np.ndarray, s
 
     CCA directions are fit on train blocks of ``train_states`` and scored on test blocks of ``test_states`` (all
     states when empty; labels["state"] gives each bin's state). When they differ, ``cca_heldout_mean_within`` adds
-    the score on test blocks of the training states. ``readout`` (n_bins, D): the student's readout when already
-    computed (distill computes it for the readout refit), else simulated here. ``spikes_out``: a dict that receives
-    the held-out spikes behind the firing statistics (see :func:`firing_statistics`). Decoding (``decode`` and
+    the score on test blocks of the training states. The firing statistics are those of test blocks of
+    ``test_states``; ``firing_by_state`` covers the test blocks of every state (with ``test_states`` set, from a
+    second set of held-out chunks), so a cross-state run reports firing in the trained and the unseen state.
+    ``readout`` (n_bins, D): the student's readout when already computed (distill computes it for the readout
+    refit), else simulated here. ``spikes_out``: a dict that receives the held-out spikes behind the firing
+    statistics (see :func:`firing_statistics`). Decoding (``decode`` and
     labels with flashes) uses the teacher's flash window, read from ``teacher_decoding`` or given as
     ``flash_window_ms`` (:func:`decoding_window_ms`); an InputError when neither gives it.
     Returns (metrics dict, readout (n_bins, D) float32)."""
@@ -289,8 +340,12 @@ def evaluate_student(net: StudentNet, counts: np.ndarray, latents: np.ndarray, s
     if state is not None and len(compare_states(np.asarray(state).astype(str))) > 1:
         m.update(_cca_cross_state(z, latents, split, np.asarray(state).astype(str), valid, cfg, train_states,
                                   test_states))
-    m.update(firing_statistics(net, counts, te, cfg, record=spikes_out,
-                               state=np.asarray(state).astype(str) if state is not None else None))
+    st = np.asarray(state).astype(str) if state is not None else None
+    m.update(firing_statistics(net, counts, te, cfg, record=spikes_out, state=st))
+    if st is not None and test_states and "firing_by_state" not in m:  # cross-state run: firing in every state
+        every = firing_statistics(net, counts, valid & (split == "test"), cfg, state=st).get("firing_by_state")
+        if every:
+            m["firing_by_state"] = every
     report = m.pop("_report", None)
     if report is not None:
         report["cca_null"] = np.asarray(null, np.float64)

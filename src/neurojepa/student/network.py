@@ -156,6 +156,14 @@ class StudentNet(nn.Module):
         self.adapt_rho = math.exp(-cfg.dt / cfg.adapt_tau)
         b = cfg.adapt_strength * (1 - math.exp(-cfg.dt / cfg.tau_mem_exc)) * (1 - self.adapt_rho) / cfg.dt
         self.register_buffer("adapt_b", torch.cat([torch.full((cfg.n_exc,), b), torch.zeros(cfg.n_inh)]))
+        # lower edge of the homeostatic band per neuron (Hz): rate_low_hz, or rate_low_inh_hz for I neurons
+        low = torch.full((n,), float(cfg.rate_low_hz))
+        if cfg.rate_low_inh_hz > 0:
+            low[cfg.n_exc:] = cfg.rate_low_inh_hz
+        self.register_buffer("band_low", low, persistent=False)
+        # divisive input normalisation (input_norm_tau > 0): the reference population count per bin, set from the
+        # calibration windows (calibrate_bias); 0 until then
+        self.register_buffer("input_ref", torch.zeros(()))
 
         self.inp = nn.Linear(n_in, n)
         self.rec = nn.Linear(n, n, bias=False)
@@ -183,12 +191,39 @@ class StudentNet(nn.Module):
         """(rho, b (N,)) for the scan, or None without adaptation."""
         return (self.adapt_rho, self.adapt_b) if self.cfg.adapt_strength > 0 else None
 
+    def input_norm_gain(self, counts: torch.Tensor) -> torch.Tensor:
+        """counts: (B, bins, n_in) -> per-bin input gain (B, bins) of the divisive normalisation (all ones when
+        ``input_norm_tau`` is 0): ``(input_ref / m_t) ** input_norm_exponent``, where m_t is a causal running mean
+        (time constant input_norm_tau) of the population input count per bin (the sum over inputs), started at the
+        mean of the first ``burn_in`` bins (the warm-up, never scored), and input_ref the mean on the calibration
+        windows. A model of feed-forward divisive normalisation (Carandini & Heeger 2012): a pooled-activity
+        signal divides the afferent drive, so a state whose inputs fire less overall (the simulated passive block:
+        ~0.7x) drives the network about as hard as the trained one (exponent 1) or with half the log change (0.5).
+        The gain depends on the data only (no gradient); m_t is floored at a quarter of input_ref (gain at most
+        4 ** exponent) so that a silent stretch cannot blow the input up."""
+        cfg = self.cfg
+        if cfg.input_norm_tau <= 0:
+            return counts.new_ones(counts.shape[:2], dtype=self.inp.bias.dtype)
+        pop = counts.to(self.inp.bias.dtype).sum(-1)  # (B, bins)
+        a = math.exp(-self.bin_size / cfg.input_norm_tau)
+        m = pop[:, : max(1, min(cfg.burn_in, pop.shape[1]))].mean(1)
+        run = []
+        for p in pop.unbind(1):
+            m = a * m + (1 - a) * p
+            run.append(m)
+        ref = self.input_ref.clamp_min(1e-6)
+        m = torch.stack(run, 1).clamp_min(0.25 * ref)
+        return (ref / m) ** cfg.input_norm_exponent
+
     def input_current(self, counts: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """counts: (B, bins, n_in) -> input currents (bins * substeps, B, N), each bin's current held over its steps,
         plus private Gaussian noise of std ``noise_std`` (threshold units per step; ``generator`` seeds it), white or
         with correlation time ``noise_tau``.
         The projection is computed once per bin (not per step): the first of the fast path's savings."""
-        cur = self.inp(counts.to(self.inp.bias.dtype)).transpose(0, 1).repeat_interleave(self.substeps, dim=0)
+        x = counts.to(self.inp.bias.dtype)
+        if self.cfg.input_norm_tau > 0:
+            x = x * self.input_norm_gain(counts)[..., None]
+        cur = self.inp(x).transpose(0, 1).repeat_interleave(self.substeps, dim=0)
         if self.cfg.noise_std > 0:
             # private background noise: keeps firing irregular (CV ~ 1) instead of regular bursts while a held bin
             # current stays above threshold. White noise (noise_tau 0) makes big per-step jumps that overshoot
@@ -289,9 +324,14 @@ class StudentNet(nn.Module):
         """Set each neuron's bias current so that its rate on ``counts`` (B, bins, n_in) is near target_rate_hz, by a
         per-neuron bisection (recurrent coupling makes it approximate): a data-dependent start that keeps the first
         gradient steps away from silent or saturated regimes."""
-        target = self.cfg.target_rate_hz
+        target = torch.full((self.cfg.n_neurons,), float(self.cfg.target_rate_hz))
+        if self.cfg.target_rate_inh_hz > 0:  # fast-spiking I neurons start above E ones
+            target[self.n_exc:] = self.cfg.target_rate_inh_hz
         rheobase = self.cfg.threshold * (1 - self.beta)  # constant current that just reaches threshold
-        drive = self.inp(counts.to(self.inp.bias.dtype)) - self.inp.bias
+        if self.cfg.input_norm_tau > 0:  # the reference the normalisation divides by: these windows' mean
+            self.input_ref.copy_(counts.to(self.input_ref.dtype).sum(-1).mean())
+        x = counts.to(self.inp.bias.dtype) * self.input_norm_gain(counts)[..., None]
+        drive = self.inp(x) - self.inp.bias
         # input fluctuations of input_gain rheobases: fluctuation-driven, irregular firing (CV ~ 1)
         scale = self.cfg.input_gain * rheobase / drive.std((0, 1)).clamp_min(1e-12)
         _raw_weight(self.inp).mul_(scale[:, None])  # |raw| * sign: scaling raw by a positive factor scales it

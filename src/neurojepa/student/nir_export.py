@@ -20,10 +20,11 @@ simulator on nirtorch) in tests/test_nir.py and docs/student.md:
 
 * NIR's LIF resets to ``v_reset`` (0); the student subtracts the threshold. Stepped with the subtractive reset the
   graph gives bit-identical spikes to :meth:`StudentNet.simulate`; with NIR's reset 84 % of the spikes are identical.
-* not representable at all: the refractory input gate, spike-frequency adaptation and the private noise current
-  (a student with ``refractory=0 adapt_strength=0 noise_std=0`` is represented exactly). They matter: with the
-  default student's values, 0.8 % of the spikes are identical (without noise the calibrated bias leaves neurons
-  silent; without adaptation they fire ~3.7x more). :func:`student_to_nir` logs a warning for such a student.
+* not representable at all: the refractory input gate, spike-frequency adaptation, the private noise current and
+  the divisive input normalisation (``input_norm_tau``) (a student with ``refractory=0 adapt_strength=0
+  noise_std=0 input_norm_tau=0`` is represented exactly). They matter: with the default student's values (before
+  the normalisation), 0.8 % of the spikes are identical (without noise the calibrated bias leaves neurons silent;
+  without adaptation they fire ~3.7x more). :func:`student_to_nir` logs a warning for such a student.
 * the readout's filters run per dt step in NIR but once per bin in the student (readout correlation > 0.99;
   0.9992 on the test network).
 """
@@ -70,7 +71,8 @@ def student_to_nir(net: StudentNet):
     from snntorch.export_nir import export_to_nir
 
     lost = [f"{name} {value:g}" for name, value in (("refractory", net.cfg.refractory), ("adapt_strength",
-            net.cfg.adapt_strength), ("noise_std", net.cfg.noise_std)) if value > 0]
+            net.cfg.adapt_strength), ("noise_std", net.cfg.noise_std), ("input_norm_tau", net.cfg.input_norm_tau))
+            if value > 0]
     if lost:
         log.warning("NIR cannot represent this student's %s: a NIR simulator will not reproduce its spikes "
                     "(train with these at 0 for a faithful export; docs/student.md)", ", ".join(lost))

@@ -65,8 +65,13 @@ def load_student(student_dir: str | Path) -> StudentNet:
 def student_from_file(path: Path, cfg: StudentConfig) -> StudentNet:
     """The network saved by :func:`save_student` at ``path``, rebuilt with its config (weights-only load)."""
     blob = torch.load(path, map_location="cpu", weights_only=True)
+    state = dict(blob["state_dict"])
+    if "input_ref" not in state:  # saved before input normalisation existed: it was trained without it (its
+        # config.yaml, lacking the option, would read the new default), so it runs without it
+        cfg = StudentConfig(**{**to_dict(cfg), "input_norm_tau": 0.0})
+        state["input_ref"] = torch.zeros(())
     net = StudentNet(int(blob["n_in"]), int(blob["n_out"]), cfg, float(blob["bin_size"]))
-    net.load_state_dict(blob["state_dict"])
+    net.load_state_dict(state)
     return net.eval()
 
 

@@ -1,14 +1,16 @@
 """Baseline latents scored beside the teacher on the same splits.
 
-- ``raw``: causally smoothed counts of the held-in units (exponential filter, ``smooth_ms``): the floor.
+- ``smoothing``: causally smoothed counts of the held-in units (exponential filter, ``smooth_ms``), the Neural
+  Latents Benchmark's "smoothing" baseline (smoothed held-in counts -> Poisson GLM): the floor a latent model
+  must beat. (Called ``raw`` before issue 16.)
 - ``pca``: PCA of those smoothed counts, fit on train bins, as many dims as the teacher's latent.
-- ``fa``: factor analysis (same dims), for gt_r2 only (it is the classical latent-variable model).
+- ``fa``: factor analysis (same dims), the classical latent-variable model.
 - ``cebra``: CEBRA time-contrastive (``cebra`` in the optional ``bench`` extra), when asked for (``eval.cebra``)
   and installed.
 
 Smoothing is causal, like the teacher's encoder, so no baseline sees the future.
 
-Memory (issue 19): ``raw`` is a :class:`SmoothedCounts` row source (metrics/rows.py), computed on demand for the
+Memory (issue 19): ``smoothing`` is a :class:`SmoothedCounts` row source (metrics/rows.py), computed on demand for the
 rows a metric reads, never held whole (a full-size VBN session's would be 3.8 GB of float32); PCA and FA are fit on
 capped row samples (50,000 and 10,000 evenly spaced train bins) and applied block by block.
 """
@@ -73,7 +75,7 @@ def _fit_rows(train: np.ndarray, cap: int) -> np.ndarray:
 
 def baseline_latents(counts: np.ndarray, train: np.ndarray, bin_size: float, dims: int, smooth_ms: float,
                      seed: int, with_fa: bool = True, with_cebra: bool = False) -> dict[str, np.ndarray]:
-    """Baseline features for every bin: {name: (n_bins, dims) float32}, except ``raw``: a :class:`SmoothedCounts`
+    """Baseline features for every bin: {name: (n_bins, dims) float32}, except ``smoothing``: a :class:`SmoothedCounts`
     row source of shape (n_bins, U) that the metrics read in blocks (metrics/rows.py).
 
     counts: (n_bins, U) held-in counts (an array or a ColumnView); train: (n_bins,) bool mask of the bins models
@@ -82,7 +84,7 @@ def baseline_latents(counts: np.ndarray, train: np.ndarray, bin_size: float, dim
     smooth = SmoothedCounts(counts, bin_size, smooth_ms)
     sq = SmoothedCounts(counts, bin_size, smooth_ms, sqrt=True)  # variance-stabilising, usual for PCA/FA of counts
     rows = _fit_rows(train, 50_000)
-    out: dict = {"raw": smooth}
+    out: dict = {"smoothing": smooth}
     pca_dims = min(dims, counts.shape[1], len(rows))  # a recording with few units has fewer components
     out["pca"] = _apply(PCA(pca_dims, random_state=seed).fit(sq.take(rows)), sq, pca_dims)
     if with_fa:

@@ -20,7 +20,7 @@ from ..metrics.cobps import cobps as cobps_score
 from ..metrics.cobps import cobps_cross_state, cobps_per_group, group_glms
 from ..metrics.decoding import behaviour_decoding, compare_states, decoding_report
 from ..metrics.latent import (cross_state_r2, forecast_r2_blocks, forecast_r2_cross_state, forecast_readout_r2,
-                              per_dim_std, rankme, ridge_r2)
+                              linear_count_forecast_r2, per_dim_std, predicted_count_forecast_r2, rankme, ridge_r2)
 from ..metrics.rows import ColumnView, block_rows
 from .baselines import baseline_latents
 from .sigreg import sigreg_statistic
@@ -37,10 +37,11 @@ def score_latents(z, ctx: dict, *, collapse: bool = True) -> dict:
     cobps, collapse metrics and "within" decoding are scored on their test blocks, gt_r2_cross_state and "cross"
     decoding on the test blocks of ``ctx["test_states"]`` (empty: all states)."""
     t0 = time.perf_counter()
-    split, test, train = ctx["split"], ctx["split"] == "test", ctx["split"] == "train"
+    split, test, train, val = ctx["split"], ctx["split"] == "test", ctx["split"] == "train", ctx["split"] == "val"
     tr_states, te_states = ctx.get("train_states") or [], ctx.get("test_states") or []
-    if tr_states:  # "within" = train and test blocks of the training states only
-        train, test = train & np.isin(ctx["state"], tr_states), test & np.isin(ctx["state"], tr_states)
+    if tr_states:  # "within" = train, val and test blocks of the training states only
+        keep = np.isin(ctx["state"], tr_states)
+        train, test, val = train & keep, test & keep, val & keep
     out: dict = {}
     if collapse:
         out.update(rankme=rankme(z, rows=test), embed_dim=int(z.shape[1]), per_dim_std=per_dim_std(z, test).tolist(),
@@ -58,9 +59,9 @@ def score_latents(z, ctx: dict, *, collapse: bool = True) -> dict:
         if cross:
             out.update(gt_r2_cross_state=cross["mean"], gt_r2_cross_state_pairs=cross)
     if ctx.get("heldout_counts") is not None and ctx["heldout_counts"].shape[1] > 0:
-        out["cobps"] = cobps_score(z, ctx["heldout_counts"], train, test)
+        out["cobps"] = cobps_score(z, ctx["heldout_counts"], train, test, val)
         if len(np.unique(ctx["state"][test])) > 1:  # one GLM per state as well (metrics/cobps.py says why)
-            glms = group_glms(z, ctx["heldout_counts"], train, test, ctx["state"])  # fit once, used twice
+            glms = group_glms(z, ctx["heldout_counts"], train, test, ctx["state"], val)  # fit once, used twice
             out["cobps_per_state"] = cobps_per_group(z, ctx["heldout_counts"], train, test, ctx["state"], glms=glms)
         else:
             glms = None
@@ -90,9 +91,14 @@ def _transfer_masks(ctx: dict, train: np.ndarray) -> tuple[str, np.ndarray, np.n
     """With ``ctx["train_states"]``: (pair name "A+B->C", fit rows = ``train``, cross-state score rows = test
     blocks of the test states (empty: all), within-state fit rows = train blocks of the test states)."""
     tr_states, te_states = ctx["train_states"], ctx.get("test_states") or []
-    in_te = np.isin(ctx["state"], te_states) if te_states else np.ones(len(ctx["state"]), bool)
+    in_te = _in_test_states(ctx)
     name = "+".join(tr_states) + "->" + ("+".join(te_states) or "all")
     return name, train, (ctx["split"] == "test") & in_te, (ctx["split"] == "train") & in_te
+
+
+def _in_test_states(ctx: dict) -> np.ndarray:
+    te_states = ctx.get("test_states") or []
+    return np.isin(ctx["state"], te_states) if te_states else np.ones(len(ctx["state"]), bool)
 
 
 def _pair(name: str, cross: float, within: float) -> tuple[dict, dict]:
@@ -110,7 +116,9 @@ def _cobps_cross(z, ctx: dict, train: np.ndarray, glms: dict | None = None) -> t
     name, fit, score, fit_within = _transfer_masks(ctx, train)
     if score.sum() < 2 or fit_within.sum() <= z.shape[1]:
         return {}, {}
-    return _pair(name, cobps_score(z, y, fit, score), cobps_score(z, y, fit_within, score))
+    val = ctx["split"] == "val"  # each GLM's penalty is chosen on the val blocks of the states it is fit on
+    fit_val, within_val = val & np.isin(ctx["state"], ctx["train_states"]), val & _in_test_states(ctx)
+    return _pair(name, cobps_score(z, y, fit, score, fit_val), cobps_score(z, y, fit_within, score, within_val))
 
 
 def forecast_cross(net, z: np.ndarray, session, ctx: dict) -> tuple[dict, dict]:
@@ -143,21 +151,44 @@ def session_context(session: BinnedSession, counts: np.ndarray, heldout: np.ndar
                 train_states=list(train_states or []), test_states=list(test_states or []))
 
 
+def forecast_origins(session, part: str, k: int) -> np.ndarray:
+    """Rows t of ``part``'s segments whose next k bins lie in the same segment (forecast origins)."""
+    rows = [np.arange(a, b - k) for a, b in session.segments(part) if b - a > k]
+    return np.concatenate(rows) if rows else np.zeros(0, int)
+
+
+def _predict(net):
+    """z rows (n, D) -> the predictor's z_{t+1..t+K} (n, K, D), as numpy."""
+    def forecast(zb: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return net.predict(torch.as_tensor(zb, dtype=torch.float32)[None])[0, :, 1:].numpy()
+    return forecast
+
+
+def count_forecast_score(net, z: np.ndarray, session, heldin_counts) -> float:
+    """``forecast_r2``: the predictor's z_{t+1..t+K}, read out to the held-in units' counts by a ridge map fit on
+    its train-segment forecasts, against the mean-rate forecast, on test segments (metrics/latent.py
+    ``predicted_count_forecast_r2``; 0 = no better than each unit's mean rate)."""
+    k = net.horizon
+    return predicted_count_forecast_r2(z, heldin_counts, k, _predict(net), forecast_origins(session, "train", k),
+                                       forecast_origins(session, "test", k))
+
+
 def forecast_score(net, z: np.ndarray, session) -> float:
-    """forecast_r2 on test segments: the predictor's z_{t+1..t+K} from z_t against the encoder's actual ones
-    (a block of rows at a time: (rows, K, D) float64 of ``metrics.rows.BLOCK_BYTES``)."""
+    """``forecast_r2_latent`` on test segments: the predictor's z_{t+1..t+K} from z_t against the encoder's actual
+    ones (a block of rows at a time: (rows, K, D) float64 of ``metrics.rows.BLOCK_BYTES``). Self-referential (a
+    slow, uninformative latent forecasts itself well), hence ``forecast_r2`` in counts."""
     k = net.horizon
     block = block_rows(k * z.shape[1])
-    rows = np.concatenate([np.arange(a, b - k) for a, b in session.segments("test") if b - a > k] or [np.zeros(0, int)])
+    rows = forecast_origins(session, "test", k)
     if len(rows) == 0:
         return float("nan")
+    forecast = _predict(net)
 
     def blocks():
         for i in range(0, len(rows), block):
             r = rows[i:i + block]
-            with torch.no_grad():
-                pred = net.predict(torch.as_tensor(z[r], dtype=torch.float32)[None])[0, :, 1:].numpy()  # (n, K, D)
-            yield pred, np.stack([z[r + j + 1] for j in range(k)], axis=1)
+            yield forecast(z[r]), np.stack([z[r + j + 1] for j in range(k)], axis=1)  # (n, K, D) each
 
     return forecast_r2_blocks(blocks())
 
@@ -167,8 +198,12 @@ def evaluate_teacher(net, z: np.ndarray, session, counts: np.ndarray, heldin: np
     """The ``"teacher"`` metrics section: teacher scores at top level, baselines under ``"baselines"``."""
     ctx = session_context(session, counts, heldout, cfg.eval.flash_window_ms, train_states, test_states)
     out = score_latents(z, ctx)
-    out["forecast_r2"] = forecast_score(net, z, session)
     t0 = time.perf_counter()
+    out["forecast_r2"] = count_forecast_score(net, z, session, ColumnView(counts, heldin))
+    out["forecast_r2_readout"] = linear_count_forecast_r2(  # the baselines' forecast, of the teacher's latent
+        z, ColumnView(counts, heldin), net.horizon, forecast_origins(session, "train", net.horizon),
+        forecast_origins(session, "test", net.horizon))
+    out["forecast_r2_latent"] = forecast_score(net, z, session)
     out.update(cross_state_keys("forecast_r2", forecast_cross(net, z, session, ctx)))
     out["eval_seconds"] = round(out["eval_seconds"] + time.perf_counter() - t0, 2)
     out["n_heldin_units"], out["n_heldout_units"] = int(len(heldin)), int(len(heldout))
@@ -178,13 +213,14 @@ def evaluate_teacher(net, z: np.ndarray, session, counts: np.ndarray, heldin: np
                                 cfg.eval.smooth_ms, cfg.train.seed, with_cebra=cfg.eval.cebra)
         out["baselines"] = {}
         for name, feats in base.items():
-            if name == "fa":  # the classical latent model: compared on ground-truth recovery only
-                sub = {k: v for k, v in ctx.items() if k not in ("heldout_counts", "labels")}
-                out["baselines"][name] = score_latents(feats, sub, collapse=False)
-                if ctx["heldout_counts"].shape[1] > 0:  # but transfer across states is compared for every model
-                    t0 = time.perf_counter()
-                    out["baselines"][name].update(cross_state_keys("cobps", _cobps_cross(feats, ctx, fit)))
-                    out["baselines"][name]["eval_seconds"] += round(time.perf_counter() - t0, 2)
+            if name == "fa":  # the classical latent model: ground truth and co-smoothing, no decoding
+                out["baselines"][name] = score_latents(feats, {k: v for k, v in ctx.items() if k != "labels"},
+                                                       collapse=False)
             else:
                 out["baselines"][name] = score_latents(feats, ctx)
+            t0 = time.perf_counter()  # no predictor: a linear forecast read-out of the counts (same target, null)
+            out["baselines"][name]["forecast_r2"] = linear_count_forecast_r2(
+                feats, ColumnView(counts, heldin), net.horizon, forecast_origins(session, "train", net.horizon),
+                forecast_origins(session, "test", net.horizon))
+            out["baselines"][name]["eval_seconds"] += round(time.perf_counter() - t0, 2)
     return out

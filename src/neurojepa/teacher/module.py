@@ -12,7 +12,8 @@ Count anchor (``loss.count_mode``). ``forward`` (default): a third encoding, of 
 the teacher reports), predicts every unit's count in the NEXT bin; spiking noise is independent across bins, so
 encoding the noise cannot help, and the encoder is trained on the input it is evaluated on (the views see half the
 units each). ``cross``: each view's z_t predicts the counts in bin t of the units that view does not see (the
-previous default). The read-out's link is ``loss.count_link`` (softplus with a per-unit gain, or exp; model.py).
+previous default): what co-smoothing asks, only the population's shared signal helps. ``both``: the mean of the two
+(issue 16, docs/teacher.md "Real recordings"). The read-out's link is ``loss.count_link`` (softplus with a per-unit gain, or exp; model.py).
 In forward mode the regulariser and the replay term see the whole-population latent too (it is the one reported).
 
 Replay term (``loss.replay_weight`` w, ``loss.replay_dims`` k; teacher/replay.py): a paired batch holds B/2 active
@@ -180,7 +181,11 @@ class TeacherModule(NanGuard, L.LightningModule):
 
     @property
     def forward_anchor(self) -> bool:
-        return self.cfg.loss.count_weight > 0 and self.cfg.loss.count_mode == "forward"
+        return self.cfg.loss.count_weight > 0 and self.cfg.loss.count_mode in ("forward", "both")
+
+    @property
+    def cross_anchor(self) -> bool:
+        return self.cfg.loss.count_weight > 0 and self.cfg.loss.count_mode in ("cross", "both")
 
     def losses(self, counts: torch.Tensor, views: tuple, step: int, state: torch.Tensor | None = None,
                paired: bool = False) -> dict[str, torch.Tensor]:
@@ -220,14 +225,15 @@ class TeacherModule(NanGuard, L.LightningModule):
             targets = z_tgt[1 - i][:, self.warm:].unfold(1, k + 1, 1)[:, :w].permute(0, 1, 3, 2)
             pred_loss = pred_loss + 0.5 * (self.net.predict(z_ctx) - targets).square().mean()
             reg = reg + 0.5 * reg_of(z_ctx, i)
-            if c.loss.count_weight > 0 and not self.forward_anchor:
+            if self.cross_anchor:
                 other = masks[1 - i]  # (B, 1, U): units view i never sees
                 count_loss = count_loss + 0.5 * self.count_nll(z_ctx, counts[:, self.warm:self.warm + w], state, other)
             if paired and c.loss.replay_weight > 0:
                 replay = replay + 0.5 * tie(z_ctx)
         if self.forward_anchor:
             z_all = self.encode(self.net, counts, scales[2], state)[:, self.warm:self.warm + w]
-            count_loss = self.count_nll(z_all, counts[:, self.warm + 1:self.warm + w + 1], state)
+            forward = self.count_nll(z_all, counts[:, self.warm + 1:self.warm + w + 1], state)
+            count_loss = 0.5 * (count_loss + forward) if self.cross_anchor else forward
             reg = (2 * reg + reg_of(z_all, 2)) / 3
             if paired and c.loss.replay_weight > 0:
                 replay = 0.5 * replay + 0.5 * tie(z_all)
