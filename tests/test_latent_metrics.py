@@ -6,8 +6,8 @@ from scipy.stats import poisson
 
 from neurojepa.metrics.cobps import L2_GRID, _fit_glm, bits_per_spike, cobps, cobps_per_group, poisson_nll
 from neurojepa.metrics.decoding import decode, flash_features, flash_onsets
-from neurojepa.metrics.latent import (count_forecast_r2, cross_state_r2, forecast_r2, linear_count_forecast_r2, per_dim_std,
-                                     predicted_count_forecast_r2, rankme, ridge_r2)
+from neurojepa.metrics.latent import (count_forecast_r2, cross_state_r2, forecast_r2, linear_count_forecast_r2,
+                                      per_dim_std, predicted_count_forecast_r2, rankme, ridge_r2)
 
 rng = np.random.default_rng(0)
 

@@ -61,7 +61,7 @@ def bits_per_spike(rates: np.ndarray, counts: np.ndarray) -> float:
 
 L2_GRID = (10.0, 1.0, 0.1, 1e-2, 1e-3, 1e-4)  # per-sample penalties on standardised features, strongest first
 GLM_BYTES = 512 * 2**20  # the fit's float64 design matrix and rate temporaries: every train bin up to this size
-CHOOSE_TRAIN = 10_000  # train (and val) bins of the fits that choose each unit's penalty
+CHOOSE_TRAIN = 10_000  # train (and val) bins of the fits that choose the penalty
 
 
 def fit_poisson_glm(x: np.ndarray, y: np.ndarray, l2: float | np.ndarray = 1e-3, max_iter: int = 100,
@@ -69,8 +69,8 @@ def fit_poisson_glm(x: np.ndarray, y: np.ndarray, l2: float | np.ndarray = 1e-3,
     """Fit log rate = x @ W + b for every column of y at once.
 
     x: (n, D) features, assumed standardised; y: (n, U) counts per bin. ``l2`` is per-sample (the penalty is
-    n * l2 * |W|^2 / 2): a number, or one per unit (U,). init: (W, b) to start from (default: W = 0, b = log mean count). Returns W: (D, U) and
-    b: (U,).
+    n * l2 * |W|^2 / 2): a number, or one per unit (U,). init: (W, b) to start from (default: W = 0, b = log mean
+    count). Returns W: (D, U) and b: (U,).
     """
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
@@ -118,8 +118,8 @@ def _even(rows: np.ndarray, cap: int) -> np.ndarray:
 
 def _fit_glm(x, y: np.ndarray, train: np.ndarray, l2: float | None, max_train: int | None,
              val: np.ndarray | None = None):
-    """(mu, sd, W, b) of a Poisson GLM x -> y fit on (at most max_train evenly spaced) ``train`` bins; with l2 None,
-    each unit's penalty chosen on the ``val`` bins (none: the last fifth of the train bins), see the module."""
+    """The :class:`_Glm` of a Poisson GLM x -> y fit on (at most max_train evenly spaced) ``train`` bins; with l2
+    None, its one penalty chosen on the ``val`` bins (none: the last fifth of the train bins), see the module."""
     cap = max(CHOOSE_TRAIN, GLM_BYTES // (8 * (x.shape[1] + 3 * y.shape[1])))
     max_train = cap if max_train is None else min(max_train, cap)
     tr = np.flatnonzero(train)
@@ -139,7 +139,7 @@ def _fit_glm(x, y: np.ndarray, train: np.ndarray, l2: float | None, max_train: i
     sub = _even(np.arange(len(tr)), CHOOSE_TRAIN)
     w, b, chosen = fit_glm_path(xtr[sub], ytr[sub], (np.asarray(take_rows(x, va), dtype=np.float64) - mu) / sd,
                                 np.asarray(y[va], dtype=np.float64))
-    if len(sub) < len(tr):  # the chosen penalties, as the same total penalty (a fixed prior), on every fit row
+    if len(sub) < len(tr):  # the chosen penalty, as the same total penalty (a fixed prior), on every fit row
         w, b = fit_poisson_glm(xtr, ytr, l2=chosen * (len(sub) / len(tr)), init=(w, b))
     return _Glm(mu, sd, w, b, xtr.min(0), xtr.max(0))
 

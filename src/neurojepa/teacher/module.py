@@ -13,8 +13,9 @@ the teacher reports), predicts every unit's count in the NEXT bin; spiking noise
 encoding the noise cannot help, and the encoder is trained on the input it is evaluated on (the views see half the
 units each). ``cross``: each view's z_t predicts the counts in bin t of the units that view does not see (the
 previous default): what co-smoothing asks, only the population's shared signal helps. ``both``: the mean of the two
-(issue 16, docs/teacher.md "Real recordings"). The read-out's link is ``loss.count_link`` (softplus with a per-unit gain, or exp; model.py).
-In forward mode the regulariser and the replay term see the whole-population latent too (it is the one reported).
+(issue 16, docs/teacher.md "Real recordings"). The read-out's link is ``loss.count_link`` (softplus with a
+per-unit gain, or exp; model.py). In forward (and both) mode the regulariser and the replay term see the
+whole-population latent too (it is the one reported).
 
 Replay term (``loss.replay_weight`` w, ``loss.replay_dims`` k; teacher/replay.py): a paired batch holds B/2 active
 windows and, in the same order, the B/2 passive windows at the replayed times (same stimulus-driven latents,
