@@ -165,15 +165,6 @@ def _predict(net):
     return forecast
 
 
-def count_forecast_score(net, z: np.ndarray, session, heldin_counts) -> float:
-    """``forecast_r2``: the predictor's z_{t+1..t+K}, read out to the held-in units' counts by a ridge map fit on
-    its train-segment forecasts, against the mean-rate forecast, on test segments (metrics/latent.py
-    ``predicted_count_forecast_r2``; 0 = no better than each unit's mean rate)."""
-    k = net.horizon
-    return predicted_count_forecast_r2(z, heldin_counts, k, _predict(net), forecast_origins(session, "train", k),
-                                       forecast_origins(session, "test", k))
-
-
 def forecast_score(net, z: np.ndarray, session) -> float:
     """``forecast_r2_latent`` on test segments: the predictor's z_{t+1..t+K} from z_t against the encoder's actual
     ones (a block of rows at a time: (rows, K, D) float64 of ``metrics.rows.BLOCK_BYTES``). Self-referential (a
@@ -199,17 +190,20 @@ def evaluate_teacher(net, z: np.ndarray, session, counts: np.ndarray, heldin: np
     ctx = session_context(session, counts, heldout, cfg.eval.flash_window_ms, train_states, test_states)
     out = score_latents(z, ctx)
     t0 = time.perf_counter()
-    out["forecast_r2"] = count_forecast_score(net, z, session, ColumnView(counts, heldin))
-    out["forecast_r2_readout"] = linear_count_forecast_r2(  # the baselines' forecast, of the teacher's latent
-        z, ColumnView(counts, heldin), net.horizon, forecast_origins(session, "train", net.horizon),
-        forecast_origins(session, "test", net.horizon))
+    held_in = ColumnView(counts, heldin)
+    k = net.horizon
+    origins = forecast_origins(session, "train", k), forecast_origins(session, "test", k)  # (fit, score) rows
+    # forecast_r2: the predictor's z_{t+1..t+K} read out to the held-in counts by a ridge map fit on its train
+    # forecasts, against the mean-rate forecast (metrics/latent.py; 0 = no better than each unit's mean rate)
+    out["forecast_r2"] = predicted_count_forecast_r2(z, held_in, k, _predict(net), *origins)
+    out["forecast_r2_readout"] = linear_count_forecast_r2(z, held_in, k, *origins)  # the baselines' forecast
     out["forecast_r2_latent"] = forecast_score(net, z, session)
     out.update(cross_state_keys("forecast_r2", forecast_cross(net, z, session, ctx)))
     out["eval_seconds"] = round(out["eval_seconds"] + time.perf_counter() - t0, 2)
     out["n_heldin_units"], out["n_heldout_units"] = int(len(heldin)), int(len(heldout))
     if cfg.eval.baselines:
         fit = (ctx["split"] == "train") & (np.isin(ctx["state"], train_states) if train_states else True)
-        base = baseline_latents(ColumnView(counts, heldin), fit, ctx["bin_size"], z.shape[1],
+        base = baseline_latents(held_in, fit, ctx["bin_size"], z.shape[1],
                                 cfg.eval.smooth_ms, cfg.train.seed, with_cebra=cfg.eval.cebra)
         out["baselines"] = {}
         for name, feats in base.items():
@@ -219,8 +213,6 @@ def evaluate_teacher(net, z: np.ndarray, session, counts: np.ndarray, heldin: np
             else:
                 out["baselines"][name] = score_latents(feats, ctx)
             t0 = time.perf_counter()  # no predictor: a linear forecast read-out of the counts (same target, null)
-            out["baselines"][name]["forecast_r2"] = linear_count_forecast_r2(
-                feats, ColumnView(counts, heldin), net.horizon, forecast_origins(session, "train", net.horizon),
-                forecast_origins(session, "test", net.horizon))
+            out["baselines"][name]["forecast_r2"] = linear_count_forecast_r2(feats, held_in, k, *origins)
             out["baselines"][name]["eval_seconds"] += round(time.perf_counter() - t0, 2)
     return out
