@@ -120,6 +120,7 @@ def test_replay_training_end_to_end(tmp_path, caplog):
     out = teach_session(toy, tmp_path / "a", cfg)
     m = json.loads((out / "metrics.json").read_text())["teacher"]
     assert m["replay_pairs"] > 0 and np.isfinite(m["gt_r2"])
+    assert m["count_mode"] == "forward"  # loss.count_mode=auto with replay pairs
     # paired training resumes exactly: crash at the start of epoch 2, resume from last.ckpt, same metrics
     from test_teacher import _Crash
 

@@ -55,6 +55,7 @@ def test_regularisers_end_to_end(toy, tmp_path, reg):
     out = teach_session(toy, tmp_path, small_cfg(loss__regulariser=reg))
     m = json.loads((out / "metrics.json").read_text())["teacher"]
     assert m["regulariser"] == reg and m["embed_dim"] == 8 and len(m["per_dim_std"]) == 8
+    assert m["count_mode"] == ("both" if m["replay_pairs"] == 0 else "forward")  # loss.count_mode=auto
     for key in ("rankme", "sigreg_heldout", "forecast_r2", "gt_r2", "gt_r2_cross_state", "cobps", "decoding"):
         assert key in m
     lat = np.load(out / "latents.npz")
@@ -142,8 +143,9 @@ def test_forward_count_anchor_scores_the_next_bin_of_every_unit():
 
     torch.manual_seed(0)
     cfg = small_cfg()
-    assert (cfg.loss.count_mode, cfg.loss.count_link) == ("forward", "softplus")  # the defaults
+    assert (cfg.loss.count_mode, cfg.loss.count_link) == ("auto", "softplus")  # the defaults
     mod = TeacherModule(cfg, n_units=10)
+    assert mod.count_mode == "forward"  # "auto" until the trainer decides it (test_count_mode_auto_...)
     x = torch.poisson(torch.full((3, mod.warm + 16 + 4, 10), 0.7), generator=torch.Generator().manual_seed(1))
     mod.init_readout_bias(x.mean((0, 1)))
     with torch.no_grad():  # gains away from their init, so a wrong gain index would show
@@ -279,6 +281,24 @@ def test_validation_batches_carry_their_own_windows_states(toy, tmp_path):
     state = toy.labels["state"].to_numpy().astype(str)
     assert len(seen) > 4 and len({name for name, _ in seen}) > 1  # a mixed, shuffled val set
     assert all(name == state[start] for name, start in seen)
+
+
+def test_count_mode_auto_is_forward_with_replay_pairs_and_both_without():
+    """``loss.count_mode=auto``: the forward anchor where replay pairs tie the states (VBN), forward + cross-view
+    (``both``) otherwise; an explicit mode is kept; the module's anchors follow the decided mode."""
+    from neurojepa.teacher.module import TeacherModule
+    from neurojepa.teacher.train import anchor_mode
+
+    cfg = small_cfg()
+    assert anchor_mode(cfg, paired=True) == "forward"
+    assert anchor_mode(cfg, paired=False) == "both"
+    for mode in ("forward", "cross", "both"):
+        cfg.loss.count_mode = mode
+        assert anchor_mode(cfg, paired=True) == anchor_mode(cfg, paired=False) == mode
+    mod = TeacherModule(small_cfg(), n_units=6)
+    assert (mod.forward_anchor, mod.cross_anchor) == (True, False)
+    mod.count_mode = anchor_mode(mod.cfg, paired=False)
+    assert (mod.forward_anchor, mod.cross_anchor) == (True, True)
 
 
 def test_per_state_regulariser_is_decided_from_the_data_and_equals_the_pooled_one_for_one_state():

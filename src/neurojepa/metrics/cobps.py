@@ -71,26 +71,29 @@ def fit_poisson_glm(x: np.ndarray, y: np.ndarray, l2: float | np.ndarray = 1e-3,
     x: (n, D) features, assumed standardised; y: (n, U) counts per bin. ``l2`` is per-sample (the penalty is
     n * l2 * |W|^2 / 2): a number, or one per unit (U,). init: (W, b) to start from (default: W = 0, b = log mean
     count). Returns W: (D, U) and b: (U,).
+
+    Speed: the two (n, D) x (D, U) products of each objective call run in float32 (twice float64's speed; the
+    parameters, sums and L-BFGS stay float64). Tested against scikit-learn's float64 ``PoissonRegressor``.
     """
-    x = np.asarray(x, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
+    x = np.asarray(x, dtype=np.float32)
+    y = np.asarray(y, dtype=np.float32)
     n, d = x.shape
     u = y.shape[1]
-    b0 = np.log(y.mean(0) + 1e-3)
+    b0 = np.log(y.mean(0, dtype=np.float64) + 1e-3)
 
     def objective(theta):
         # in place, few temporaries: this runs ~100 times per fit on (n, U) arrays
         w = theta[: d * u].reshape(d, u)
         b = theta[d * u:]
-        eta = x @ w
-        eta += b
+        eta = x @ w.astype(np.float32)
+        eta += b.astype(np.float32)
         np.clip(eta, -20, 10, out=eta)  # keep exp finite while the line search explores
-        f = -float(np.vdot(y, eta))
+        f = -float(np.einsum("ij,ij->", y, eta, dtype=np.float64))
         r = np.exp(eta, out=eta)
-        f = (f + float(r.sum())) / n + 0.5 * float((l2 * w * w).sum())
+        f = (f + float(r.sum(dtype=np.float64))) / n + 0.5 * float((l2 * w * w).sum())
         r -= y
         r /= n  # the gradient of the mean NLL with respect to eta
-        return f, np.concatenate([(x.T @ r + l2 * w).ravel(), r.sum(0)])
+        return f, np.concatenate([(x.T @ r + l2 * w).ravel(), r.sum(0, dtype=np.float64)])
 
     theta0 = np.concatenate([np.zeros(d * u), b0] if init is None else [init[0].ravel(), init[1]])
     res = minimize(objective, theta0, jac=True, method="L-BFGS-B", options={"maxiter": max_iter})

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from ..errors import InputError
 
 _CHOICES = {"regulariser": ("sigreg", "vicreg", "none"), "target": ("self", "ema"),
-            "count_mode": ("forward", "cross", "both"), "count_link": ("softplus", "exp"),
+            "count_mode": ("auto", "forward", "cross", "both"), "count_link": ("softplus", "exp"),
             "reg_per_state": ("auto", "always", "never")}
 
 
@@ -42,7 +42,7 @@ class LossConfig:
     target: str = "self"               # self (LeJEPA: same encoder, no stop-grad) | ema (ablation)
     ema_decay: float = 0.99            # decay of the EMA target encoder (only with target=ema)
     count_weight: float = 100.0        # mu: + mu * Poisson NLL (nats/spike) of the count anchor (0 = pure LeJEPA)
-    count_mode: str = "forward"        # forward: whole-population z_t -> every unit's count in bin t+1 | cross: view's z_t -> other view's units, bin t | both: their mean
+    count_mode: str = "auto"           # forward: whole-population z_t -> every unit's count in bin t+1 | cross: view's z_t -> other view's units, bin t | both: their mean | auto: forward with replay pairs, both without
     count_link: str = "softplus"       # softplus: rate = gain_u * softplus(a_u.z + b_u) | exp: rate = exp(a_u.z + b_u)
     replay_weight: float = 3.0         # + w * mean |z_a[:k] - z_p[:k]|^2 / var of replay-paired active/passive windows (0 = off)
     replay_dims: int = 31              # k: latent dims tied across replay pairs, 1 to model.embed_dim; the rest carry the brain state

@@ -8,12 +8,14 @@ next ``window`` bins carry the loss, and the last K bins supply the forecast tar
            + mu * PoissonNLL(read-out(z_t), counts in bin t + 1)                              (count anchor)
            + w * mean |z_active[..., :k] - z_passive[..., :k]|^2 / var                       (replay term)
 
-Count anchor (``loss.count_mode``). ``forward`` (default): a third encoding, of the whole population (the latent
+Count anchor (``loss.count_mode``). ``forward``: a third encoding, of the whole population (the latent
 the teacher reports), predicts every unit's count in the NEXT bin; spiking noise is independent across bins, so
 encoding the noise cannot help, and the encoder is trained on the input it is evaluated on (the views see half the
 units each). ``cross``: each view's z_t predicts the counts in bin t of the units that view does not see (the
 previous default): what co-smoothing asks, only the population's shared signal helps. ``both``: the mean of the two
-(issue 16, docs/teacher.md "Real recordings"). The read-out's link is ``loss.count_link`` (softplus with a
+(issue 16, docs/teacher.md "Real recordings"). ``auto`` (the default): forward where replay pairs tie the states (the
+VBN case), both otherwise (a real recording, a generic two-state one), decided by the trainer (``anchor_mode`` in
+teacher/train.py; the multi-session teacher keeps forward). The read-out's link is ``loss.count_link`` (softplus with a
 per-unit gain, or exp; model.py). In forward (and both) mode the regulariser and the replay term see the
 whole-population latent too (it is the one reported).
 
@@ -113,6 +115,9 @@ class TeacherModule(NanGuard, L.LightningModule):
         # regulariser within each state (loss.reg_per_state): "always", or decided from the data by the trainer for
         # "auto" (teacher/train.py: on when there are >= 2 states and no replay pairs)
         self.reg_per_state = cfg.loss.reg_per_state == "always"
+        # the count anchor's mode (loss.count_mode); "auto" is decided from the data by the trainer
+        # (teacher/train.py anchor_mode: forward with replay pairs, both without), forward until then
+        self.count_mode = "forward" if cfg.loss.count_mode == "auto" else cfg.loss.count_mode
 
     def init_readout_bias(self, mean_counts: torch.Tensor) -> None:
         """Start every count read-out at the units' mean count per bin (U,): the anchor's gradient is then all
@@ -182,11 +187,11 @@ class TeacherModule(NanGuard, L.LightningModule):
 
     @property
     def forward_anchor(self) -> bool:
-        return self.cfg.loss.count_weight > 0 and self.cfg.loss.count_mode in ("forward", "both")
+        return self.cfg.loss.count_weight > 0 and self.count_mode in ("forward", "both")
 
     @property
     def cross_anchor(self) -> bool:
-        return self.cfg.loss.count_weight > 0 and self.cfg.loss.count_mode in ("cross", "both")
+        return self.cfg.loss.count_weight > 0 and self.count_mode in ("cross", "both")
 
     def losses(self, counts: torch.Tensor, views: tuple, step: int, state: torch.Tensor | None = None,
                paired: bool = False) -> dict[str, torch.Tensor]:
