@@ -111,7 +111,10 @@ def test_teacher_evaluation_memory_per_bin_is_bounded(monkeypatch):
     floats each; split and state labels; the held-out counts, 1 byte per unit), ~450 bytes per bin here. What may
     not: float copies of the held-in counts (90 units: >= 2 kB per bin for the old smoothed copies) or of the
     held-out units' rates (30 units: ~1.4 kB per bin for the old one-piece Poisson likelihood)."""
+    from neurojepa.teacher import baselines
+
     monkeypatch.setattr(R, "BLOCK_BYTES", 4 * 2**20)
+    monkeypatch.setattr(baselines, "SMOOTH_IN_MEMORY_BYTES", 0)  # a full-size session's: smoothed on demand
     n_units, short, long = 120, 60_000, 180_000
     per_bin = (_evaluation_peak(long, n_units) - _evaluation_peak(short, n_units)) / (long - short)
     assert per_bin < 800, f"the evaluation's peak grew by {per_bin:.0f} bytes per bin"
@@ -149,3 +152,25 @@ def test_student_readout_of_a_long_session_is_two_bounded_passes():
     rows = np.array([5, 17, 4_000, 11_999])
     np.testing.assert_array_equal(student_features(net, counts, cfg.eval_chunk, cfg.burn_in, LONG_SESSION_BATCH, rows=rows),
                                   student_features(net, counts, cfg.eval_chunk, cfg.burn_in, LONG_SESSION_BATCH)[rows])
+
+
+def test_smoothing_baseline_held_in_memory_equals_the_row_source():
+    """A short session's smoothed counts are filtered once and held; the features (and PCA / FA fit on them) equal
+    those of the on-demand row source a full-size session gets."""
+    from neurojepa.teacher import baselines
+
+    counts = np.random.default_rng(5).poisson(0.4, (6_000, 12)).astype(np.uint8)
+    train = np.arange(6_000) < 4_000
+    held = baselines.baseline_latents(counts, train, 0.01, 4, 50.0, 0)
+    assert isinstance(held["smoothing"], np.ndarray)
+    stream = baselines.SmoothedCounts(counts, 0.01, 50.0)
+    np.testing.assert_allclose(held["smoothing"], stream.take(np.arange(6_000)), rtol=1e-6, atol=1e-7)
+    old = baselines.SMOOTH_IN_MEMORY_BYTES
+    try:
+        baselines.SMOOTH_IN_MEMORY_BYTES = 0
+        streamed = baselines.baseline_latents(counts, train, 0.01, 4, 50.0, 0)
+    finally:
+        baselines.SMOOTH_IN_MEMORY_BYTES = old
+    assert isinstance(streamed["smoothing"], baselines.SmoothedCounts)
+    for name in ("pca", "fa"):
+        np.testing.assert_allclose(held[name], streamed[name], rtol=1e-4, atol=1e-5)

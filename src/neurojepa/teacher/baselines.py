@@ -68,6 +68,19 @@ class SmoothedCounts:
         return np.sqrt(out) if self.sqrt else out
 
 
+SMOOTH_IN_MEMORY_BYTES = 256 * 2**20  # smoothed counts up to this size are filtered once and held (float32)
+
+
+class _Sqrt:
+    """Row source of the square root of an in-memory array (the PCA/FA input when the smoothed counts are held)."""
+
+    def __init__(self, x: np.ndarray):
+        self.x, self.shape = x, x.shape
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        return np.sqrt(self.x[np.asarray(rows, dtype=np.int64)])
+
+
 def _fit_rows(train: np.ndarray, cap: int) -> np.ndarray:
     rows = np.flatnonzero(train)
     return rows[np.linspace(0, len(rows) - 1, cap).astype(int)] if len(rows) > cap else rows
@@ -75,14 +88,20 @@ def _fit_rows(train: np.ndarray, cap: int) -> np.ndarray:
 
 def baseline_latents(counts: np.ndarray, train: np.ndarray, bin_size: float, dims: int, smooth_ms: float,
                      seed: int, with_fa: bool = True, with_cebra: bool = False) -> dict[str, np.ndarray]:
-    """Baseline features for every bin: {name: (n_bins, dims) float32}, except ``smoothing``: a :class:`SmoothedCounts`
-    row source of shape (n_bins, U) that the metrics read in blocks (metrics/rows.py).
+    """Baseline features for every bin: {name: (n_bins, dims) float32}; ``smoothing`` is (n_bins, U): the array when it
+    takes at most ``SMOOTH_IN_MEMORY_BYTES`` (filtered once: every metric reads it, and filtering the rows each one
+    asks for cost the default session ~13 s), else a :class:`SmoothedCounts` row source that the metrics read in
+    blocks (metrics/rows.py).
 
     counts: (n_bins, U) held-in counts (an array or a ColumnView); train: (n_bins,) bool mask of the bins models
     may be fit on; smooth_ms, seed: the teacher config's ``eval.smooth_ms`` and ``train.seed``.
     """
-    smooth = SmoothedCounts(counts, bin_size, smooth_ms)
-    sq = SmoothedCounts(counts, bin_size, smooth_ms, sqrt=True)  # variance-stabilising, usual for PCA/FA of counts
+    if counts.shape[0] * counts.shape[1] * 4 <= SMOOTH_IN_MEMORY_BYTES:  # small enough: filter once, keep it
+        smooth = smooth_counts(counts[0:counts.shape[0]], bin_size, smooth_ms)
+        sq = _Sqrt(smooth)
+    else:
+        smooth = SmoothedCounts(counts, bin_size, smooth_ms)
+        sq = SmoothedCounts(counts, bin_size, smooth_ms, sqrt=True)  # variance-stabilising, usual for PCA/FA of counts
     rows = _fit_rows(train, 50_000)
     out: dict = {"smoothing": smooth}
     pca_dims = min(dims, counts.shape[1], len(rows))  # a recording with few units has fewer components
