@@ -11,8 +11,9 @@
 Smoothing is causal, like the teacher's encoder, so no baseline sees the future.
 
 Memory (issue 19): ``smoothing`` is a :class:`SmoothedCounts` row source (metrics/rows.py), computed on demand for the
-rows a metric reads, never held whole (a full-size VBN session's would be 3.8 GB of float32); PCA and FA are fit on
-capped row samples (50,000 and 10,000 evenly spaced train bins) and applied block by block.
+rows a metric reads, never held whole (a full-size VBN session's would be 3.8 GB of float32), unless it takes at
+most ``SMOOTH_IN_MEMORY_BYTES`` (256 MB; the built-in session's takes 160 MB): then it is filtered once and held.
+PCA and FA are fit on capped row samples (50,000 and 10,000 evenly spaced train bins) and applied block by block.
 """
 
 from __future__ import annotations
