@@ -154,7 +154,7 @@ def test_student_readout_of_a_long_session_is_two_bounded_passes():
                                   student_features(net, counts, cfg.eval_chunk, cfg.burn_in, LONG_SESSION_BATCH)[rows])
 
 
-def test_smoothing_baseline_held_in_memory_equals_the_row_source():
+def test_smoothing_baseline_held_in_memory_equals_the_row_source(monkeypatch):
     """A short session's smoothed counts are filtered once and held; the features (and PCA / FA fit on them) equal
     those of the on-demand row source a full-size session gets."""
     from neurojepa.teacher import baselines
@@ -165,12 +165,8 @@ def test_smoothing_baseline_held_in_memory_equals_the_row_source():
     assert isinstance(held["smoothing"], np.ndarray)
     stream = baselines.SmoothedCounts(counts, 0.01, 50.0)
     np.testing.assert_allclose(held["smoothing"], stream.take(np.arange(6_000)), rtol=1e-6, atol=1e-7)
-    old = baselines.SMOOTH_IN_MEMORY_BYTES
-    try:
-        baselines.SMOOTH_IN_MEMORY_BYTES = 0
-        streamed = baselines.baseline_latents(counts, train, 0.01, 4, 50.0, 0)
-    finally:
-        baselines.SMOOTH_IN_MEMORY_BYTES = old
+    monkeypatch.setattr(baselines, "SMOOTH_IN_MEMORY_BYTES", 0)
+    streamed = baselines.baseline_latents(counts, train, 0.01, 4, 50.0, 0)
     assert isinstance(streamed["smoothing"], baselines.SmoothedCounts)
     for name in ("pca", "fa"):
         np.testing.assert_allclose(held[name], streamed[name], rtol=1e-4, atol=1e-5)
