@@ -1,20 +1,30 @@
 """One training step (forward + backward) of the student: fused network vs the plain snntorch per-step loop.
 
-Same seed, same inputs (including the background noise), same math: the script checks that the spikes are identical
-and the gradients agree, then prints the median time of each and their ratio. Run on one thread:
+Same seed, same inputs (including the background noise), same math: for every network size the script checks that
+the spikes are identical and the gradients agree, then prints the median time of each path and the ratios, all in
+one run. On CPU (one thread by default) it compares the fused loop with snntorch; on a GPU (``--device cuda``) it
+also times the fused loop replayed as CUDA graphs (the default there, ``cuda_graphs=True``):
 
-    .venv/bin/python benchmarks/student_speed.py [--batch 32] [--bins 40] [--units 300] [--repeats 5]
+    .venv/bin/python benchmarks/student_speed.py [--neurons 320] [--batch 32] [--bins 40] [--units 300]
+    python benchmarks/student_speed.py --device cuda --neurons 320 4096 16384 --out speed.json
+
+``--neurons`` is the population size, split 4:1 into E and I like the default (256 + 64 = 320).
 
 The fused path saves (a) the per-step input projection (computed once per 10 ms bin instead of per 1 ms step) --
 shared by both here, since both use ``StudentNet.input_current`` --, (b) the autograd graph of T small steps: its
 forward loop runs without autograd and its backward is hand-written BPTT, one matmul and a few fused element-wise
-ops per step, and (c) the T per-step recurrent weight-gradient matmuls, replaced by one over all steps.
+ops per step, and (c) the T per-step recurrent weight-gradient matmuls, replaced by one over all steps. On a GPU,
+where launching a step's small kernels from Python costs more than running them, (d) CUDA graphs replay each loop's
+kernels without Python. Results: docs/student.md ("Speed").
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import statistics
+import sys
 import time
 
 import numpy as np
@@ -25,8 +35,13 @@ from neurojepa.student.network import StudentNet
 from neurojepa.synthetic.toy import synthetic_session
 
 
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
 def _step(net: StudentNet, fwd, x: torch.Tensor, target: torch.Tensor):
-    torch.manual_seed(1)  # identical background noise for both paths
+    torch.manual_seed(1)  # identical background noise for all paths
     out = fwd(x)
     loss = (out["readout"] - target).pow(2).mean() + out["spikes"].mean()
     loss.backward()
@@ -35,43 +50,102 @@ def _step(net: StudentNet, fwd, x: torch.Tensor, target: torch.Tensor):
     return out["spikes"].detach(), grads
 
 
-def main(argv=None) -> None:
+def _paths(net: StudentNet, device: str) -> dict:
+    def fused(graphs: bool):
+        def run(x):
+            net.cfg.cuda_graphs = graphs
+            return net.forward(x)
+        return run
+
+    paths = {"snntorch": net.forward_reference, "fused": fused(False)}
+    if device.startswith("cuda"):
+        paths["fused+graphs"] = fused(True)
+    return paths
+
+
+def bench_size(n_neurons: int, args) -> dict:
+    n_inh = n_neurons // 5
+    cfg = dataclasses.replace(StudentConfig(), n_exc=n_neurons - n_inh, n_inh=n_inh)
+    counts, lat, _ = synthetic_session(args.units, args.batch * args.bins, 16, seed=0)
+    x = torch.tensor(counts.reshape(args.batch, args.bins, args.units).astype(np.float32), device=args.device)
+    target = torch.tensor(lat.reshape(args.batch, args.bins, 16), device=args.device)
+    torch.manual_seed(0)
+    net = StudentNet(args.units, 16, cfg, bin_size=0.01).to(args.device)  # synthetic_session's 10 ms bins
+    net.calibrate_bias(x[:8])
+    paths = _paths(net, args.device)
+
+    ref_spikes, ref_grads = _step(net, paths["snntorch"], x, target)  # also the warm-up (and graph capture)
+    row = {"neurons": n_neurons, "n_exc": cfg.n_exc, "n_inh": cfg.n_inh, "batch": args.batch,
+           "lif_steps": args.bins * net.substeps, "inputs": args.units, "device": args.device,
+           "mean_rate_hz": ref_spikes.float().mean().item() / cfg.dt, "spikes": int(ref_spikes.sum()), "paths": {}}
+    for name, fwd in list(paths.items()):
+        if name == "snntorch":
+            continue
+        try:
+            spikes, grads = _step(net, fwd, x, target)
+        except Exception as e:  # noqa: BLE001 -- one failing path must not lose the others' numbers
+            print(f"  {name}: failed ({type(e).__name__}: {e})")
+            row["paths"][name] = {"error": f"{type(e).__name__}: {e}"}
+            del paths[name]
+            continue
+        worst = max(((grads[k] - ref_grads[k]).abs().max() / ref_grads[k].abs().max().clamp_min(1e-12)).item()
+                    for k in ref_grads)
+        row["paths"][name] = {"spikes_identical": bool(torch.equal(spikes, ref_spikes)),
+                              "max_rel_grad_diff": worst}
+    times = {name: [] for name in paths}
+    for _ in range(args.repeats):
+        for name, fwd in paths.items():
+            _sync(args.device)
+            t0 = time.perf_counter()
+            _step(net, fwd, x, target)
+            _sync(args.device)
+            times[name].append(time.perf_counter() - t0)
+    ref = statistics.median(times["snntorch"])
+    row["paths"].setdefault("snntorch", {})
+    for name in paths:
+        med = statistics.median(times[name])
+        row["paths"][name].update(ms=med * 1e3, speedup=ref / med)
+    return row
+
+
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--neurons", type=int, nargs="+", default=[320], help="population sizes (E:I 4:1)")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--bins", type=int, default=40, help="10 ms bins per window (x10 LIF steps)")
     ap.add_argument("--units", type=int, default=300)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--out", help="also write the results as JSON here")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-
-    cfg = StudentConfig()
-    counts, lat, _ = synthetic_session(args.units, args.batch * args.bins, 16, seed=0)
-    x = torch.tensor(counts.reshape(args.batch, args.bins, args.units).astype(np.float32))
-    target = torch.tensor(lat.reshape(args.batch, args.bins, 16))
-    net = StudentNet(args.units, 16, cfg, bin_size=0.01)  # synthetic_session's 10 ms bins
-    net.calibrate_bias(x[:8])
-
-    s_fast, g_fast = _step(net, net.forward, x, target)
-    s_ref, g_ref = _step(net, net.forward_reference, x, target)
-    assert torch.equal(s_fast, s_ref), "spikes differ between the fused and the snntorch network"
-    worst = max(((g_fast[k] - g_ref[k]).abs().max() / g_ref[k].abs().max().clamp_min(1e-12)).item() for k in g_ref)
-    times = {"fused": [], "snntorch": []}
-    for _ in range(args.repeats):
-        for name, fwd in (("fused", net.forward), ("snntorch", net.forward_reference)):
-            t0 = time.perf_counter()
-            _step(net, fwd, x, target)
-            times[name].append(time.perf_counter() - t0)
-    fused, ref = statistics.median(times["fused"]), statistics.median(times["snntorch"])
-    steps = args.bins * net.substeps
-    rate = s_fast.mean().item() / cfg.dt
-    print(f"student step fwd+bwd: batch {args.batch}, {steps} LIF steps of {cfg.dt * 1e3:g} ms, "
-          f"{cfg.n_exc}E+{cfg.n_inh}I neurons, {args.units} inputs, mean rate {rate:.1f} Hz, {args.threads} thread(s)")
-    print(f"spikes identical: yes ({int(s_fast.sum())} spikes); max relative gradient difference {worst:.1e}")
-    print(f"fused    {fused * 1e3:8.1f} ms  (median of {args.repeats})")
-    print(f"snntorch {ref * 1e3:8.1f} ms")
-    print(f"speed-up {ref / fused:.2f}x")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("student_speed: --device cuda but torch sees no CUDA GPU", file=sys.stderr)
+        return 2
+    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {args.threads} thread(s)"
+    print(f"student training step (forward + backward), {where}, torch {torch.__version__}: batch {args.batch}, "
+          f"{args.bins * 10} LIF steps of 1 ms, {args.units} inputs; median of {args.repeats}")
+    rows, ok = [], True
+    for n in args.neurons:
+        row = bench_size(n, args)
+        rows.append(row)
+        print(f"\n{row['n_exc']}E+{row['n_inh']}I neurons, mean rate {row['mean_rate_hz']:.1f} Hz, "
+              f"{row['spikes']} spikes")
+        for name, r in row["paths"].items():
+            if "error" in r:
+                ok = False
+                continue
+            check = "" if name == "snntorch" else (
+                f"  spikes identical: {'yes' if r['spikes_identical'] else 'NO'}, "
+                f"max relative gradient difference {r['max_rel_grad_diff']:.1e}")
+            ok &= r.get("spikes_identical", True)
+            print(f"  {name:13s} {r['ms']:9.1f} ms  {r['speedup']:6.2f}x{check}")
+        if args.out:  # after every size: a run cut short keeps what it measured
+            with open(args.out, "w") as f:
+                json.dump({"torch": torch.__version__, "device": where, "rows": rows}, f, indent=1)
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

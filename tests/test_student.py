@@ -47,6 +47,28 @@ def test_fast_network_equals_snntorch_reference(kw):
         torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_graph_replay_equals_snntorch_reference_on_gpu():
+    from neurojepa.student import network
+
+    net, x, _ = _net(adapt_strength=0.2, readout_taus=[0.01, 0.1])
+    net, x = net.cuda(), x.cuda()
+    assert net.cfg.cuda_graphs  # the default
+    for _ in range(2):  # the first call captures the graphs, the second replays the cached ones
+        runs = []
+        for fwd in (net.forward, net.forward_reference):
+            torch.manual_seed(1)
+            out = fwd(x)
+            (out["readout"].pow(2).mean() + out["spikes"].mean()).backward()
+            runs.append((out["spikes"].detach(), {n: p.grad.clone() for n, p in net.named_parameters()}))
+            net.zero_grad()
+        assert runs[0][0].sum() > 50
+        assert torch.equal(runs[0][0], runs[1][0])
+        for name in runs[0][1]:
+            torch.testing.assert_close(runs[0][1][name], runs[1][1][name], rtol=1e-4, atol=1e-6)
+    assert any(k[0] == "fwd" for k in network._GRAPHS) and any(k[0] == "bwd" for k in network._GRAPHS)
+
+
 def _min_isi(net, x, drive):
     with torch.no_grad():
         net.inp.bias.fill_(drive)  # strong constant drive
@@ -287,3 +309,13 @@ def test_inhibitory_neurons_get_their_own_band_floor_and_start_above_excitatory_
     assert same.band_low.eq(5.0).all()
     rate = same.simulate(x)["spikes"].float().mean((0, 1)) / same.cfg.dt
     assert 7 < rate[same.n_exc:].median().item() < 13
+
+
+def test_spectral_radius_estimate_matches_eigenvalues():
+    from neurojepa.student.dale import balanced_recurrent, spectral_radius_of
+
+    for seed in range(3):
+        w = balanced_recurrent(480, 120, 1.0, None, torch.Generator().manual_seed(seed))
+        exact = torch.linalg.eigvals(w.double()).abs().max().item()
+        assert exact == pytest.approx(1.0, rel=1e-5)
+        assert spectral_radius_of(w, exact_below=0) == pytest.approx(exact, rel=0.03)

@@ -65,6 +65,7 @@ class StudentConfig:
     readout_refit_lr: float = 0.01  # Adam learning rate of the readout refit
     feature_memory_mb: int = 768  # most memory the refit's stored readout features may take (longer: 2 passes)
     seed: int = 0  # everything random in training and evaluation derives from it
+    cuda_graphs: bool = True  # on a GPU, replay the LIF time loops as CUDA graphs (same kernels and spikes, no per-step Python); no effect on CPU
     threads: int = 0  # torch threads for training and evaluation; 0 = every CPU this process may use
     progress: bool = True  # a progress bar on a terminal, one line per validation in a log file
     # evaluation

@@ -27,6 +27,7 @@ Two implementations of the same math with identical spikes:
 * :func:`lif_scan` (default): input projections batched over all bins, then one custom autograd function that runs
   the whole time loop without building an autograd graph and does BPTT by hand in the backward pass (one matmul and a
   few fused element-wise ops per step; the recurrent weight gradient is a single matmul over all steps).
+  On a GPU both loops replay as CUDA graphs (``cuda_graphs``, the default there): same kernels, no Python per step.
 * :meth:`StudentNet.forward_reference`: the plain per-step loop with ``snntorch.Leaky`` and an ``nn.Linear``
   recurrence, used by the benchmark and tests as the reference.
 """
@@ -69,6 +70,7 @@ def _scan_forward(x, w, beta, theta, n_ref, keep: bool = True, adapt=None):
     u = x.new_zeros(B, N)
     s = x.new_zeros(B, N)
     a = x.new_zeros(B, N) if adapt is not None else None
+    one = x.new_ones(())
     for t, xt in enumerate(x.unbind(0)):
         inp = torch.add(xt, F.linear(s, w))
         if a is not None:  # s is 0/1, so s * b is exact: same rounding as the reference's a * rho + s * b
@@ -76,49 +78,107 @@ def _scan_forward(x, w, beta, theta, n_ref, keep: bool = True, adapt=None):
             inp.sub_(a)
         if n_ref:
             g = gates[t if keep else t & 1]
-            torch.amax(padded[t:t + n_ref], dim=0, out=g)
-            g.neg_().add_(1.0)
+            torch.sub(one, torch.amax(padded[t:t + n_ref], dim=0, out=g), out=g)  # 1 - max: exact for 0/1
             inp.mul_(g)
         u = torch.mul(beta, u, out=mem[t if keep else t & 1]).add_(inp)
         u.sub_(s if theta == 1.0 else s * theta)  # x * 1.0 == x exactly: same rounding as snntorch
         s = spikes[t]
-        s.copy_(u > theta)  # u > theta <=> u - theta > 0 in IEEE floats (no underflow to 0 for u != theta)
+        torch.gt(u, theta, out=s)  # u > theta <=> u - theta > 0 in IEEE floats (no underflow to 0 for u != theta)
     return spikes, mem, gates
+
+
+def _scan_backward(grad_spikes, spikes, mem, gates, w, beta, theta, surrogate, slope):
+    """Hand-written BPTT of :func:`_scan_forward` -> (grad wrt the input currents x, grad wrt w)."""
+    T = spikes.shape[0]
+    # d spike/d U for every step at once (one vectorised op instead of T small ones)
+    sg = _surrogate_grad(mem - theta, surrogate, slope)
+    grad_x = torch.empty_like(mem)
+    g_inp = torch.zeros_like(mem[0])  # dL/dI_{t+1}
+    g_u = torch.zeros_like(mem[0])  # dL/dU_{t+1}
+    for t in range(T - 1, -1, -1):
+        # through the readout, and through W_rec S_t -> I_{t+1}; the reset term is detached, as in snntorch
+        g_s = torch.addmm(grad_spikes[t], g_inp, w)
+        g_u = g_s.mul_(sg[t]).addcmul_(beta, g_u)
+        g_inp = torch.mul(g_u, gates[t], out=grad_x[t])
+    n = w.shape[0]
+    grad_w = grad_x[1:].reshape(-1, n).T @ spikes[:-1].reshape(-1, n)
+    return grad_x, grad_w
+
+
+# CUDA graphs of the two time loops: on a GPU a step's dozen small kernels take a few microseconds each, but
+# launching them from Python costs more than running them; a captured graph replays the T steps' kernels without
+# Python. Same kernels, same order: spikes stay bit-identical to the eager loop and the snntorch reference.
+_GRAPHS: dict = {}
+_GRAPH_CACHE_SIZE = 4  # captured (shape, settings) variants kept; each holds its static buffers on the GPU
+
+
+def _signature(tensors) -> tuple:
+    return tuple((tuple(t.shape), t.dtype, str(t.device)) for t in tensors)
+
+
+def _replay(key, fn, inputs):
+    """fn(*inputs) as a CUDA-graph replay. The first call for a key runs fn twice eagerly on a side stream (the
+    warm-up that capture asks for) and captures it; every call copies the inputs into the graph's static buffers,
+    replays it, and returns copies of its outputs (the next replay overwrites the static ones)."""
+    entry = _GRAPHS.pop(key, None)
+    if entry is None:
+        static = [t.detach().clone() for t in inputs]
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                fn(*static)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            outs = fn(*static)
+        entry = (graph, static, outs)
+        while len(_GRAPHS) >= _GRAPH_CACHE_SIZE:
+            _GRAPHS.pop(next(iter(_GRAPHS)))
+    _GRAPHS[key] = entry  # most recently used last
+    graph, static, outs = entry
+    for buf, t in zip(static, inputs):
+        buf.copy_(t)
+    graph.replay()
+    return tuple(o.clone() for o in outs)
 
 
 class _LIFScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, w, beta, theta, n_ref, surrogate, slope, adapt):
-        spikes, mem, gates = _scan_forward(x, w, beta, theta, n_ref, adapt=adapt)
+    def forward(ctx, x, w, beta, theta, n_ref, surrogate, slope, adapt, graphed):
+        if graphed:
+            rho = None if adapt is None else adapt[0]
+            args = (x.contiguous(), w.contiguous(), beta) + (() if adapt is None else (adapt[1],))
+            key = ("fwd", theta, n_ref, rho) + _signature(args)
+            def run(x_, w_, b_, *a):
+                return _scan_forward(x_, w_, b_, theta, n_ref, adapt=(rho, a[0]) if a else None)
+
+            spikes, mem, gates = _replay(key, run, args)
+        else:
+            spikes, mem, gates = _scan_forward(x, w, beta, theta, n_ref, adapt=adapt)
         ctx.save_for_backward(spikes, mem, gates, w, beta)
-        ctx.theta, ctx.surrogate, ctx.slope = theta, surrogate, slope
+        ctx.theta, ctx.surrogate, ctx.slope, ctx.graphed = theta, surrogate, slope, graphed
         return spikes
 
     @staticmethod
     def backward(ctx, grad_spikes):
         spikes, mem, gates, w, beta = ctx.saved_tensors
-        T = spikes.shape[0]
-        # d spike/d U for every step at once (one vectorised op instead of T small ones)
-        sg = _surrogate_grad(mem - ctx.theta, ctx.surrogate, ctx.slope)
-        grad_x = torch.empty_like(mem)
-        g_inp = torch.zeros_like(mem[0])  # dL/dI_{t+1}
-        g_u = torch.zeros_like(mem[0])  # dL/dU_{t+1}
-        for t in range(T - 1, -1, -1):
-            # through the readout, and through W_rec S_t -> I_{t+1}; the reset term is detached, as in snntorch
-            g_s = torch.addmm(grad_spikes[t], g_inp, w)
-            g_u = g_s.mul_(sg[t]).addcmul_(beta, g_u)
-            g_inp = torch.mul(g_u, gates[t], out=grad_x[t])
-        n = w.shape[0]
-        grad_w = grad_x[1:].reshape(-1, n).T @ spikes[:-1].reshape(-1, n)
-        return grad_x, grad_w, None, None, None, None, None, None
+        args = (grad_spikes.contiguous(), spikes, mem, gates, w, beta)
+        if ctx.graphed:
+            key = ("bwd", ctx.theta, ctx.surrogate, ctx.slope) + _signature(args)
+            grad_x, grad_w = _replay(key, lambda *a: _scan_backward(*a, ctx.theta, ctx.surrogate, ctx.slope), args)
+        else:
+            grad_x, grad_w = _scan_backward(*args, ctx.theta, ctx.surrogate, ctx.slope)
+        return grad_x, grad_w, None, None, None, None, None, None, None
 
 
 def lif_scan(x: torch.Tensor, w: torch.Tensor, beta: torch.Tensor, theta: float, n_ref: int, surrogate: str,
-             slope: float, adapt=None) -> torch.Tensor:
+             slope: float, adapt=None, cuda_graphs: bool = True) -> torch.Tensor:
     """Fused recurrent LIF. x: (T, B, N) input currents (threshold units per step), w: (N, N) recurrent weights
     (post, pre), beta: (N,), adapt: None or (rho, b (N,)) spike-frequency adaptation (detached, like the reset).
-    Returns spikes (T, B, N) of 0/1, differentiable wrt x and w (surrogate gradient)."""
-    return _LIFScan.apply(x, w, beta, theta, n_ref, surrogate, slope, adapt)
+    Returns spikes (T, B, N) of 0/1, differentiable wrt x and w (surrogate gradient). On a GPU the forward and
+    backward loops replay as CUDA graphs (captured once per shape) unless cuda_graphs is False."""
+    return _LIFScan.apply(x, w, beta, theta, n_ref, surrogate, slope, adapt, bool(cuda_graphs and x.is_cuda))
 
 
 def _raw_weight(linear: nn.Linear) -> torch.Tensor:
@@ -230,7 +290,9 @@ class StudentNet(nn.Module):
             # threshold, and with a subtractive reset the residue fires again right after the refractory period
             # (doublets, LV > 1); noise_tau > 0 low-pass filters it like synaptic background input
             # (Ornstein-Uhlenbeck, stationary std noise_std), so crossings overshoot little.
-            noise = torch.randn(cur.shape, generator=generator, dtype=cur.dtype)
+            # drawn where the generator lives (a seeded CPU one in simulate: the same noise on any device)
+            noise = torch.randn(cur.shape, generator=generator, dtype=cur.dtype,
+                                device=cur.device if generator is None else generator.device).to(cur.device)
             if self.cfg.noise_tau > 0:
                 a = math.exp(-self.cfg.dt / self.cfg.noise_tau)
                 c = math.sqrt(1 - a * a)
@@ -263,7 +325,7 @@ class StudentNet(nn.Module):
         cfg = self.cfg
         x = self.input_current(counts)
         spikes = lif_scan(x, self.rec.weight, self.beta, cfg.threshold, self.n_ref, cfg.surrogate, cfg.surrogate_slope,
-                          self._adapt())
+                          self._adapt(), cfg.cuda_graphs)
         return {"spikes": spikes, "readout": self.readout_from_spikes(spikes)}
 
     def _reference_neuron(self):
@@ -285,18 +347,19 @@ class StudentNet(nn.Module):
         B, N = x.shape[1], x.shape[2]
         mem = x.new_zeros(B, N)
         spk = x.new_zeros(B, N)
-        cnt = torch.zeros(B, N, dtype=torch.int32)
+        cnt = torch.zeros(B, N, dtype=torch.int32, device=x.device)
         adapt = x.new_zeros(B, N) if self.cfg.adapt_strength > 0 else None
         out = []
-        for xt in x.unbind(0):
-            g = (cnt == 0).to(x.dtype)
-            if adapt is None:
-                spk, mem = lif(g * (xt + self.rec(spk)), mem)
-            else:  # adaptation current, detached like snntorch's reset
-                adapt = adapt * self.adapt_rho + spk.detach() * self.adapt_b
-                spk, mem = lif(g * (xt + self.rec(spk) - adapt), mem)
-            cnt = torch.where(spk.detach() > 0, self.n_ref, (cnt - 1).clamp_(min=0))
-            out.append(spk)
+        with parametrize.cached():  # Dale's weights computed once per forward, not once per step (memory)
+            for xt in x.unbind(0):
+                g = (cnt == 0).to(x.dtype)
+                if adapt is None:
+                    spk, mem = lif(g * (xt + self.rec(spk)), mem)
+                else:  # adaptation current, detached like snntorch's reset
+                    adapt = adapt * self.adapt_rho + spk.detach() * self.adapt_b
+                    spk, mem = lif(g * (xt + self.rec(spk) - adapt), mem)
+                cnt = torch.where(spk.detach() > 0, self.n_ref, (cnt - 1).clamp_(min=0))
+                out.append(spk)
         spikes = torch.stack(out)
         return {"spikes": spikes, "readout": self.readout_from_spikes(spikes)}
 
@@ -324,7 +387,7 @@ class StudentNet(nn.Module):
         """Set each neuron's bias current so that its rate on ``counts`` (B, bins, n_in) is near target_rate_hz, by a
         per-neuron bisection (recurrent coupling makes it approximate): a data-dependent start that keeps the first
         gradient steps away from silent or saturated regimes."""
-        target = torch.full((self.cfg.n_neurons,), float(self.cfg.target_rate_hz))
+        target = torch.full((self.cfg.n_neurons,), float(self.cfg.target_rate_hz), device=self.beta.device)
         if self.cfg.target_rate_inh_hz > 0:  # fast-spiking I neurons start above E ones
             target[self.n_exc:] = self.cfg.target_rate_inh_hz
         rheobase = self.cfg.threshold * (1 - self.beta)  # constant current that just reaches threshold
