@@ -3,7 +3,8 @@
 Same seed, same inputs (including the background noise), same math: for every network size the script checks that
 the spikes are identical and the gradients agree, then prints the median time of each path and the ratios, all in
 one run. On CPU (one thread by default) it compares the fused loop with snntorch; on a GPU (``--device cuda``) it
-also times the fused loop replayed as CUDA graphs (the default there, ``cuda_graphs=True``):
+also times the fused loop replayed as CUDA graphs (``cuda_graphs=True``), with the ordinary element-wise kernels and
+with one fused kernel per step (``network.STEP_KERNELS``; both together are the GPU default):
 
     .venv/bin/python benchmarks/student_speed.py [--neurons 320] [--batch 32] [--bins 40] [--units 300]
     python benchmarks/student_speed.py --device cuda --neurons 320 4096 16384 --out speed.json
@@ -15,7 +16,8 @@ shared by both here, since both use ``StudentNet.input_current`` --, (b) the aut
 forward loop runs without autograd and its backward is hand-written BPTT, one matmul and a few fused element-wise
 ops per step, and (c) the T per-step recurrent weight-gradient matmuls, replaced by one over all steps. On a GPU,
 where launching a step's small kernels from Python costs more than running them, (d) CUDA graphs replay each loop's
-kernels without Python. Results: docs/student.md ("Speed").
+kernels without Python, and (e) one NVRTC-compiled element-wise kernel per step replaces a dozen small ones.
+Results: docs/student.md ("Speed").
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import numpy as np
 import torch
 
 from neurojepa.student.config import StudentConfig
+from neurojepa.student import network
 from neurojepa.student.network import StudentNet
 from neurojepa.synthetic.toy import synthetic_session
 
@@ -51,16 +54,29 @@ def _step(net: StudentNet, fwd, x: torch.Tensor, target: torch.Tensor):
 
 
 def _paths(net: StudentNet, device: str) -> dict:
-    def fused(graphs: bool):
+    def fused(graphs: bool, kernels: bool = False):
         def run(x):
             net.cfg.cuda_graphs = graphs
+            network.STEP_KERNELS = kernels
             return net.forward(x)
         return run
 
     paths = {"snntorch": net.forward_reference, "fused": fused(False)}
     if device.startswith("cuda"):
         paths["fused+graphs"] = fused(True)
+        paths["+step kernels"] = fused(True, True)  # one element-wise kernel per step: the GPU default
     return paths
+
+
+def profile(net: StudentNet, fwd, x, target, rows: int = 12) -> None:
+    """The GPU kernels of one step, by total time (torch.profiler)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        _step(net, fwd, x, target)
+        torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=rows, max_name_column_width=60))
 
 
 def bench_size(n_neurons: int, args) -> dict:
@@ -100,6 +116,13 @@ def bench_size(n_neurons: int, args) -> dict:
             _step(net, fwd, x, target)
             _sync(args.device)
             times[name].append(time.perf_counter() - t0)
+    if args.device.startswith("cuda") and n_neurons == args.profile:
+        for name in ("fused", "fused+graphs"):
+            print(f"\nprofile, {name}, {n_neurons} neurons:")
+            try:
+                profile(net, paths[name], x, target)
+            except Exception as e:  # noqa: BLE001 -- a profiler that fails must not lose the timings
+                print(f"  failed ({type(e).__name__}: {e})")
     ref = statistics.median(times["snntorch"])
     row["paths"].setdefault("snntorch", {})
     for name in paths:
@@ -118,6 +141,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--out", help="also write the results as JSON here")
+    ap.add_argument("--profile", type=int, default=0, help="GPU: print the kernels of one step at this size")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.device.startswith("cuda") and not torch.cuda.is_available():

@@ -131,3 +131,26 @@ def test_forecast_r2_cross_state_equals_within_for_shared_dynamics():
     cross, within = forecast_r2_cross_state(z, 3, _origins(split, state, 3), state, split)
     assert cross["A->B"] == pytest.approx(within["B"], abs=0.02)
     assert cross["B->A"] == pytest.approx(within["A"], abs=0.02)
+
+
+def test_group_glms_side_by_side_equal_one_after_the_other():
+    from threadpoolctl import threadpool_limits
+
+    from neurojepa.metrics.cobps import fit_pool
+
+    z, y, state, split = _two_states(gain_b=2.0)
+    args = (z, y, split == "train", split == "test", state, split == "val")
+    with threadpool_limits(1):  # the pool's BLAS setting, so that the sums are the same
+        serial = group_glms(*args)
+    with fit_pool(2) as pool:
+        assert pool is not None
+        pooled = pool.submit(cobps, z, y, split == "train", split == "test", split == "val")
+        side = group_glms(*args, pool=pool)
+        assert pooled.result() == cobps(z, y, split == "train", split == "test", split == "val")
+    assert set(side) == set(serial) == {"A", "B"}
+    for g in serial:
+        assert np.array_equal(side[g][0], serial[g][0]) and side[g][2] == serial[g][2]
+        for a, b in zip(side[g][1], serial[g][1]):
+            np.testing.assert_array_equal(a, b)
+    with fit_pool(1) as none:
+        assert none is None

@@ -48,10 +48,13 @@ def test_fast_network_equals_snntorch_reference(kw):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_cuda_graph_replay_equals_snntorch_reference_on_gpu():
+@pytest.mark.parametrize("step_kernels", [False, True])
+@pytest.mark.parametrize("adapt", [0.0, 0.2])
+def test_cuda_graph_replay_equals_snntorch_reference_on_gpu(step_kernels, adapt, monkeypatch):
     from neurojepa.student import network
 
-    net, x, _ = _net(adapt_strength=0.2, readout_taus=[0.01, 0.1])
+    monkeypatch.setattr(network, "STEP_KERNELS", step_kernels)
+    net, x, _ = _net(adapt_strength=adapt, readout_taus=[0.01, 0.1])
     net, x = net.cuda(), x.cuda()
     assert net.cfg.cuda_graphs  # the default
     for _ in range(2):  # the first call captures the graphs, the second replays the cached ones

@@ -34,6 +34,7 @@ Two implementations of the same math with identical spikes:
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
@@ -43,6 +44,8 @@ from torch.nn.utils import parametrize
 
 from .config import StudentConfig
 from .dale import MaskOnly, apply_dale, balanced_recurrent, connection_mask, neuron_signs
+
+log = logging.getLogger(__name__)
 
 
 def _surrogate_grad(v: torch.Tensor, kind: str, slope: float) -> torch.Tensor:
@@ -105,6 +108,77 @@ def _scan_backward(grad_spikes, spikes, mem, gates, w, beta, theta, surrogate, s
     return grad_x, grad_w
 
 
+# One step's element-wise work as one CUDA kernel each way (jiterator: compiled at run time by NVRTC), for the
+# graphed GPU loops while STEP_KERNELS is set: a dozen kernels per step become one. The forward kernel rounds every
+# operation on its own (__fmul_rn, __fadd_rn: no fused multiply-add), in the order of the eager loop, so its spikes
+# stay bit-identical to snntorch (checked on an H200 by tests/test_student.py and benchmarks/student_speed.py);
+# the refractory gate is the reference's countdown. Where the kernels cannot be built (jiterator is a beta API),
+# the loops fall back to the ordinary kernels with a warning.
+STEP_KERNELS = True
+_FWD_STEP = """template <typename T> void lif_step(T xt, T lin, T a, T s, T u, T cnt, T beta, T b, T rho, T theta,
+    T nref, T& a_out, T& u_out, T& g_out, T& s_out, T& cnt_out) {
+  T g = cnt == T(0) ? T(1) : T(0);
+  T an = __fadd_rn(__fmul_rn(a, rho), __fmul_rn(s, b));
+  T inp = __fmul_rn(__fsub_rn(__fadd_rn(xt, lin), an), g);
+  T un = __fsub_rn(__fadd_rn(__fmul_rn(beta, u), inp), __fmul_rn(s, theta));
+  T sn = un > theta ? T(1) : T(0);
+  a_out = an; u_out = un; g_out = g; s_out = sn;
+  cnt_out = sn > T(0) ? nref : (cnt > T(0) ? cnt - T(1) : T(0));
+}"""
+_BWD_STEP = """template <typename T> void lif_back(T gs, T mem, T gate, T gu, T beta, T theta, T slope, T& gu_out,
+    T& ginp_out) {
+  T d = slope * fabsf(mem - theta) + T(1);
+  T g = gs / (d * d) + beta * gu;
+  gu_out = g; ginp_out = g * gate;
+}"""
+_STEP_FNS: list = []
+
+
+def _step_kernels():
+    if not _STEP_FNS:
+        from torch.cuda import jiterator
+
+        _STEP_FNS.append(jiterator._create_multi_output_jit_fn(_FWD_STEP, 5, rho=0.0, theta=1.0, nref=0.0))
+        _STEP_FNS.append(jiterator._create_multi_output_jit_fn(_BWD_STEP, 2, theta=1.0, slope=1.0))
+    return _STEP_FNS
+
+
+def _disable_step_kernels(error: Exception) -> None:
+    global STEP_KERNELS
+    STEP_KERNELS = False
+    log.warning("student: the fused step kernels could not run on this GPU (%s); using the ordinary kernels", error)
+
+
+def _scan_forward_kernels(x, w, beta, theta, n_ref, adapt=None):
+    """:func:`_scan_forward` with one fused element-wise kernel per step (CUDA only)."""
+    step = _step_kernels()[0]
+    T, B, N = x.shape
+    rho, b = adapt if adapt is not None else (0.0, x.new_zeros(N))
+    a, u, s, cnt = (x.new_zeros(B, N) for _ in range(4))
+    spikes, mem, gates = [], [], []
+    for xt in x.unbind(0):
+        a, u, g, s, cnt = step(xt, F.linear(s, w), a, s, u, cnt, beta, b, rho=float(rho), theta=float(theta),
+                               nref=float(n_ref))
+        spikes.append(s), mem.append(u), gates.append(g)
+    return torch.stack(spikes), torch.stack(mem), torch.stack(gates)
+
+
+def _scan_backward_kernels(grad_spikes, spikes, mem, gates, w, beta, theta, surrogate, slope):
+    """:func:`_scan_backward` with one fused element-wise kernel per step (CUDA, fast_sigmoid surrogate)."""
+    back = _step_kernels()[1]
+    T = spikes.shape[0]
+    g_inp = torch.zeros_like(mem[0])
+    g_u = torch.zeros_like(mem[0])
+    grads = [None] * T
+    for t in range(T - 1, -1, -1):
+        g_u, g_inp = back(torch.addmm(grad_spikes[t], g_inp, w), mem[t], gates[t], g_u, beta, theta=float(theta),
+                          slope=float(slope))
+        grads[t] = g_inp
+    grad_x = torch.stack(grads)
+    n = w.shape[0]
+    return grad_x, grad_x[1:].reshape(-1, n).T @ spikes[:-1].reshape(-1, n)
+
+
 # CUDA graphs of the two time loops: on a GPU a step's dozen small kernels take a few microseconds each, but
 # launching them from Python costs more than running them; a captured graph replays the T steps' kernels without
 # Python. Same kernels, same order: spikes stay bit-identical to the eager loop and the snntorch reference.
@@ -149,15 +223,25 @@ class _LIFScan(torch.autograd.Function):
         if graphed:
             rho = None if adapt is None else adapt[0]
             args = (x.contiguous(), w.contiguous(), beta) + (() if adapt is None else (adapt[1],))
-            key = ("fwd", theta, n_ref, rho) + _signature(args)
-            def run(x_, w_, b_, *a):
-                return _scan_forward(x_, w_, b_, theta, n_ref, adapt=(rho, a[0]) if a else None)
+            kernels = STEP_KERNELS
+            scan = _scan_forward_kernels if kernels else _scan_forward
+            key = ("fwd", kernels, theta, n_ref, rho) + _signature(args)
 
-            spikes, mem, gates = _replay(key, run, args)
+            def run(x_, w_, b_, *a):
+                return scan(x_, w_, b_, theta, n_ref, adapt=(rho, a[0]) if a else None)
+
+            try:
+                spikes, mem, gates = _replay(key, run, args)
+            except RuntimeError as e:  # the step kernels failed to build: the ordinary kernels from now on
+                if not kernels:
+                    raise
+                _disable_step_kernels(e)
+                return _LIFScan.forward(ctx, x, w, beta, theta, n_ref, surrogate, slope, adapt, graphed)
         else:
             spikes, mem, gates = _scan_forward(x, w, beta, theta, n_ref, adapt=adapt)
         ctx.save_for_backward(spikes, mem, gates, w, beta)
         ctx.theta, ctx.surrogate, ctx.slope, ctx.graphed = theta, surrogate, slope, graphed
+        ctx.kernels = graphed and STEP_KERNELS and surrogate == "fast_sigmoid"
         return spikes
 
     @staticmethod
@@ -165,8 +249,9 @@ class _LIFScan(torch.autograd.Function):
         spikes, mem, gates, w, beta = ctx.saved_tensors
         args = (grad_spikes.contiguous(), spikes, mem, gates, w, beta)
         if ctx.graphed:
-            key = ("bwd", ctx.theta, ctx.surrogate, ctx.slope) + _signature(args)
-            grad_x, grad_w = _replay(key, lambda *a: _scan_backward(*a, ctx.theta, ctx.surrogate, ctx.slope), args)
+            key = ("bwd", ctx.kernels, ctx.theta, ctx.surrogate, ctx.slope) + _signature(args)
+            scan = _scan_backward_kernels if ctx.kernels else _scan_backward
+            grad_x, grad_w = _replay(key, lambda *a: scan(*a, ctx.theta, ctx.surrogate, ctx.slope), args)
         else:
             grad_x, grad_w = _scan_backward(*args, ctx.theta, ctx.surrogate, ctx.slope)
         return grad_x, grad_w, None, None, None, None, None, None, None
