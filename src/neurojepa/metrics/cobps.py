@@ -260,8 +260,12 @@ def fit_pool(workers: int):
 
     from threadpoolctl import threadpool_limits
 
-    with threadpool_limits(1), ThreadPoolExecutor(workers, thread_name_prefix="glm") as pool:
-        yield pool
+    with threadpool_limits(1):
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="glm")
+        try:
+            yield pool
+        finally:  # on an error or Ctrl-C, fits not yet started are dropped (a running fit ends on its own)
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _share(max_train: int | None, groups: int, min_train: int) -> int | None:
