@@ -103,9 +103,13 @@ def _scan_backward(grad_spikes, spikes, mem, gates, w, beta, theta, surrogate, s
         g_s = torch.addmm(grad_spikes[t], g_inp, w)
         g_u = g_s.mul_(sg[t]).addcmul_(beta, g_u)
         g_inp = torch.mul(g_u, gates[t], out=grad_x[t])
-    n = w.shape[0]
-    grad_w = grad_x[1:].reshape(-1, n).T @ spikes[:-1].reshape(-1, n)
-    return grad_x, grad_w
+    return grad_x, _weight_grad(grad_x, spikes)
+
+
+def _weight_grad(grad_x: torch.Tensor, spikes: torch.Tensor) -> torch.Tensor:
+    """dL/dW_rec from every step at once: I_{t+1} gets W S_t, so one (N, T*B) x (T*B, N) product."""
+    n = spikes.shape[-1]
+    return grad_x[1:].reshape(-1, n).T @ spikes[:-1].reshape(-1, n)
 
 
 # One step's element-wise work as one CUDA kernel each way (jiterator: compiled at run time by NVRTC), for the
@@ -175,8 +179,7 @@ def _scan_backward_kernels(grad_spikes, spikes, mem, gates, w, beta, theta, surr
                           slope=float(slope))
         grads[t] = g_inp
     grad_x = torch.stack(grads)
-    n = w.shape[0]
-    return grad_x, grad_x[1:].reshape(-1, n).T @ spikes[:-1].reshape(-1, n)
+    return grad_x, _weight_grad(grad_x, spikes)
 
 
 # CUDA graphs of the two time loops: on a GPU a step's dozen small kernels take a few microseconds each, but

@@ -72,6 +72,12 @@ class SmoothedCounts:
 SMOOTH_IN_MEMORY_BYTES = 256 * 2**20  # smoothed counts up to this size are filtered once and held (float32)
 
 
+def holds_smoothed(n_bins: int, n_units: int) -> bool:
+    """Whether a session's smoothed counts are held in memory (at most ``SMOOTH_IN_MEMORY_BYTES`` of float32): the
+    module's definition of a short session."""
+    return n_bins * n_units * 4 <= SMOOTH_IN_MEMORY_BYTES
+
+
 class _Sqrt:
     """Row source of the square root of an in-memory array (the PCA/FA input when the smoothed counts are held)."""
 
@@ -97,7 +103,7 @@ def baseline_latents(counts: np.ndarray, train: np.ndarray, bin_size: float, dim
     counts: (n_bins, U) held-in counts (an array or a ColumnView); train: (n_bins,) bool mask of the bins models
     may be fit on; smooth_ms, seed: the teacher config's ``eval.smooth_ms`` and ``train.seed``.
     """
-    if counts.shape[0] * counts.shape[1] * 4 <= SMOOTH_IN_MEMORY_BYTES:  # small enough: filter once, keep it
+    if holds_smoothed(*counts.shape):  # small enough: filter once, keep it
         smooth = smooth_counts(counts[0:counts.shape[0]], bin_size, smooth_ms)
         sq = _Sqrt(smooth)
     else:

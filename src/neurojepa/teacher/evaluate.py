@@ -22,7 +22,7 @@ from ..metrics.decoding import behaviour_decoding, compare_states, decoding_repo
 from ..metrics.latent import (cross_state_r2, forecast_r2_blocks, forecast_r2_cross_state, forecast_readout_r2,
                               linear_count_forecast_r2, per_dim_std, predicted_count_forecast_r2, rankme, ridge_r2)
 from ..metrics.rows import ColumnView, block_rows
-from .baselines import SMOOTH_IN_MEMORY_BYTES, baseline_latents
+from .baselines import baseline_latents, holds_smoothed
 from .sigreg import sigreg_statistic
 
 log = logging.getLogger(__name__)
@@ -194,8 +194,7 @@ def evaluate_teacher(net, z: np.ndarray, session, counts: np.ndarray, heldin: np
     ctx = session_context(session, counts, heldout, cfg.eval.flash_window_ms, train_states, test_states)
     # co-smoothing's pooled and per-state GLM fits side by side (2 at a time) where their memory is small: a short
     # session, whose smoothed counts are held in memory (baselines.py); evaluation 225 s -> 86 s on 2 cores, same scores
-    short = counts.shape[0] * len(heldin) * 4 <= SMOOTH_IN_MEMORY_BYTES
-    ctx["glm_workers"] = min(2, torch.get_num_threads()) if short else 1
+    ctx["glm_workers"] = min(2, torch.get_num_threads()) if holds_smoothed(counts.shape[0], len(heldin)) else 1
     out = score_latents(z, ctx)
     t0 = time.perf_counter()
     held_in = ColumnView(counts, heldin)
