@@ -34,6 +34,17 @@ def sized(reduced, full):
     return full if full_size() else reduced
 
 
+def benchmark(name: str):
+    """benchmarks/<name>.py imported as a module (the benchmarks are scripts, not a package)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def pytest_report_header(config) -> str:
     return (f"science checks: {'full size' if full_size() else 'reduced'} "
             f"({FULL_ENV}={os.environ.get(FULL_ENV, '')!r}; `make test-full` for full size)")

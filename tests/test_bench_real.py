@@ -1,21 +1,16 @@
 """benchmarks/real_recordings.py end to end on a tiny simulated recording: one table per file with the teacher and
 the NLB baselines scored by the same code, and the teacher / smoothing ratio (issue 16)."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "real_recordings.py"
+from conftest import benchmark
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("real_recordings", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return benchmark("real_recordings")
 
 
 def test_real_recordings_benchmark_prints_the_teacher_beside_the_baselines(tmp_path, capsys):

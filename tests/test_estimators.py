@@ -98,15 +98,17 @@ def test_splits_are_prepares_blocks():
 def test_teacher_save_load_round_trip(toy, tmp_path):
     counts, state = toy.load_counts(), toy.labels["state"].to_numpy()
     est = nj.Teacher(**TINY, splits={"block_s": 3.0}).fit(counts, state, heldout_units=[0, 5, 29])
-    z = est.transform(counts)
+    z = est.transform(counts, state)
+    assert est.module_.state_centres is not None  # two states, no replay: centred within each state
     est.save(tmp_path / "t")
     assert sorted(p.name for p in (tmp_path / "t").iterdir()) == ["teacher.json", "teacher.pt"]
     blob = torch.load(tmp_path / "t" / "teacher.pt", weights_only=True)  # plain tensors, no pickled objects
     assert all(isinstance(v, torch.Tensor) for v in blob["state_dict"].values())
+    assert isinstance(blob["state_centres"], torch.Tensor)
     meta = json.loads((tmp_path / "t" / "teacher.json").read_text())
     assert meta["heldout_units"] == [0, 5, 29] and meta["config"]["splits"]["block_s"] == 3.0
     again = nj.Teacher.load(tmp_path / "t")
-    assert np.array_equal(again.transform(counts), z)
+    assert np.array_equal(again.transform(counts, state), z)
     assert again.config == est.config and np.array_equal(again.heldin_units_, est.heldin_units_)
     with pytest.raises(InputError, match="not a saved Teacher"):
         nj.Teacher.load(tmp_path)

@@ -158,7 +158,8 @@ class Teacher(_Estimator):
 
     def transform(self, counts, states=None) -> np.ndarray:
         """(n_bins, D) float32 causal latents of counts (n_bins, n_units), same units (columns) as in fit; each row
-        depends on that bin and earlier ones only. states are needed only with ``model.state_readin``."""
+        depends on that bin and earlier ones only. states are needed only with ``model.state_readin`` or
+        a latent centred within each state (``loss.state_centring``, on by default for two or more states)."""
         import pandas as pd
 
         from .teacher.train import encode_states
@@ -172,6 +173,9 @@ class Teacher(_Estimator):
             labels = pd.DataFrame({"state": np.asarray(states).astype(str)})
         elif len(self.module_.state_keys) > 1:
             raise InputError("states", "this teacher has one read-in per state (model.state_readin): pass states")
+        elif self.module_.state_centres is not None:
+            raise InputError("states", "this teacher centres its latent within each state (loss.state_centring): "
+                                       "pass states")
         if labels is not None and len(labels) != len(x):
             raise InputError("states", f"need one state per bin ({len(x)}), got {len(labels)}")
         return encode_states(self.module_, np.ascontiguousarray(x[:, self.heldin_units_]), labels, self.states_)
@@ -195,7 +199,8 @@ class Teacher(_Estimator):
                                 self.heldout_units_, self.config)
 
     def save(self, path) -> Path:
-        """Write DIR/teacher.pt (state dict) and DIR/teacher.json (options, units, states, bin size); returns DIR."""
+        """Write DIR/teacher.pt (state dict, and the state centres of a latent centred within each state) and
+        DIR/teacher.json (options, units, states, bin size); returns DIR."""
         import torch
 
         self._require_fit()
@@ -203,7 +208,10 @@ class Teacher(_Estimator):
         meta = dict(estimator="Teacher", version=__version__, config=to_dict(self.config), n_units=self.n_units_,
                     heldin_units=self.heldin_units_.tolist(), heldout_units=self.heldout_units_.tolist(),
                     states=list(self.states_), bin_size=self.bin_size_, fit_info=self.fit_info_)
-        return _write_dir(path, "teacher", meta, lambda f: torch.save({"state_dict": self.module_.state_dict()}, f))
+        blob = {"state_dict": self.module_.state_dict()}
+        if self.module_.state_centres is not None:
+            blob["state_centres"] = torch.as_tensor(self.module_.state_centres)
+        return _write_dir(path, "teacher", meta, lambda f: torch.save(blob, f))
 
     @classmethod
     def load(cls, path) -> "Teacher":
@@ -216,7 +224,10 @@ class Teacher(_Estimator):
         meta = _read_meta(path, "teacher")
         est = cls(**meta["config"])
         module = TeacherModule(est.config, n_units=len(meta["heldin_units"]), n_states=max(1, len(meta["states"])))
-        module.load_state_dict(torch.load(path / "teacher.pt", map_location="cpu", weights_only=True)["state_dict"])
+        blob = torch.load(path / "teacher.pt", map_location="cpu", weights_only=True)
+        module.load_state_dict(blob["state_dict"])
+        if "state_centres" in blob:
+            module.state_centres = blob["state_centres"].numpy()
         module.net.eval()
         est.module_ = module
         est.heldin_units_ = np.asarray(meta["heldin_units"], dtype=np.int64)

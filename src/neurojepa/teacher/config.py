@@ -8,7 +8,7 @@ from ..errors import InputError
 
 _CHOICES = {"regulariser": ("sigreg", "vicreg", "none"), "target": ("self", "ema"),
             "count_mode": ("auto", "forward", "cross", "both"), "count_link": ("softplus", "exp"),
-            "reg_per_state": ("auto", "always", "never")}
+            "reg_per_state": ("auto", "always", "never"), "state_centring": ("auto", "always", "never")}
 
 
 @dataclass
@@ -49,6 +49,7 @@ class LossConfig:
     replay_norm: bool = True           # divide each tied dim's squared difference by its batch variance (shrinking cannot meet it)
     state_readout: bool = True         # count anchor read-out per state (True) or one shared read-out (False)
     reg_per_state: str = "auto"        # regulariser within each state (every state's latents pushed to the same N(0, I)): auto (on when the data have >= 2 states and no replay pairs; single teacher, one process) | always | never
+    state_centring: str = "auto"       # after training, subtract each state's train-block mean from the latent: auto (wherever the regulariser acts within each state) | always (with >= 2 states) | never
 
 
 @dataclass

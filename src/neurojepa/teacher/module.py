@@ -115,6 +115,9 @@ class TeacherModule(NanGuard, L.LightningModule):
         # regulariser within each state (loss.reg_per_state): "always", or decided from the data by the trainer for
         # "auto" (teacher/train.py: on when there are >= 2 states and no replay pairs)
         self.reg_per_state = cfg.loss.reg_per_state == "always"
+        # (n_states, D) train-block mean latent of each state, subtracted when encoding (loss.state_centring); set
+        # by the trainer after training (teacher/state_centring.py), None = uncentred
+        self.state_centres = None
         # the count anchor's mode (loss.count_mode); "auto" is decided from the data by the trainer
         # (teacher/train.py anchor_mode: forward with replay pairs, both without), forward until then
         self.count_mode = "forward" if cfg.loss.count_mode == "auto" else cfg.loss.count_mode

@@ -51,6 +51,7 @@ from ..training import best_val_loss, check_diverged, make_trainer, run_dir
 from .config import TeacherConfig, check_choices
 from .evaluate import evaluate_teacher
 from .module import TeacherModule
+from .state_centring import centre, centring_on, state_centres
 
 log = logging.getLogger(__name__)
 
@@ -75,22 +76,30 @@ def units_besides(n_units: int, heldout) -> tuple[np.ndarray, np.ndarray]:
 
 def encode_states(module: TeacherModule, x: np.ndarray, labels, states: list[str] | None = None) -> np.ndarray:
     """Causal latents (n_bins, D) float32 of the held-in counts x: (n_bins, U); with ``model.state_readin`` every
-    bin takes the encoding through its own state's read-in (each pass is causal, so the mix is too). states: the
-    state names in the order of the codes the module trained with (default: the sorted states of ``labels``)."""
+    bin takes the encoding through its own state's read-in (each pass is causal, so the mix is too), and with
+    ``module.state_centres`` (``loss.state_centring``, teacher/state_centring.py) every bin's state centre is
+    subtracted. states: the state names in the order of the codes the module trained with (default: the sorted
+    states of ``labels``)."""
     net = module.net.eval()
-    if len(module.state_keys) == 1:
+    centres = getattr(module, "state_centres", None)
+    if len(module.state_keys) == 1 and centres is None:
         return net.encode_long(x).numpy().astype(np.float32)
+    if labels is None:
+        raise InputError("states", "this teacher reads in or centres its latent per state: pass each bin's state")
     state = labels["state"].to_numpy().astype(str)
     names = list(states) if states is not None else sorted(set(state))
     unknown = sorted(set(state) - set(names))
     if unknown:
         raise InputError("states", f"state(s) {unknown} have no read-in; the teacher knows {names}")
-    z = np.zeros((len(x), net.embed_dim), np.float32)
-    for code, name in enumerate(names):
-        rows = state == name
-        if rows.any():
-            z[rows] = net.encode_long(x, module.state_keys[code]).numpy()[rows]
-    return z
+    if len(module.state_keys) == 1:
+        z = net.encode_long(x).numpy().astype(np.float32)
+    else:
+        z = np.zeros((len(x), net.embed_dim), np.float32)
+        for code, name in enumerate(names):
+            rows = state == name
+            if rows.any():
+                z[rows] = net.encode_long(x, module.state_keys[code]).numpy()[rows]
+    return z if centres is None else centre(z, state, names, centres)
 
 
 def replay_pairs(session: BinnedSession, windows: WindowDataset, train_states: list[str], source: str = "active",
@@ -158,14 +167,15 @@ def anchor_mode(cfg: TeacherConfig, paired: bool) -> str:
 
 
 def write_latents(path: Path, z: np.ndarray, session, dataset_dir: str, heldin: np.ndarray,
-                  heldout: np.ndarray) -> None:
+                  heldout: np.ndarray, **extra: np.ndarray) -> None:
     """``latents.npz``: latents (n_bins, D) float32 of every bin, bin_size, t_start, dataset_dir, heldin_units,
-    heldout_units, embed_dim (what the student, the report and export read)."""
+    heldout_units, embed_dim (what the student, the report and export read), plus ``extra`` arrays (the state
+    centres and names when the latent is centred within each state)."""
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, latents=z, bin_size=float(session.bin_size), t_start=float(session.t_start),
                      dataset_dir=str(dataset_dir), heldin_units=heldin, heldout_units=heldout,
-                     embed_dim=int(z.shape[1]))
+                     embed_dim=int(z.shape[1]), **extra)
 
 
 def teach(dataset_dir, out_dir, cfg: TeacherConfig | None = None, resume: bool = False,
@@ -203,10 +213,12 @@ def teach_session(session: BinnedSession, out_dir, cfg: TeacherConfig | None = N
                    best_val_loss=fit.best_val_loss, regulariser=cfg.loss.regulariser,
                    train_states=train_states, test_states=test_states, replay_pairs=fit.replay_pairs,
                    reg_per_state=bool(fit.module.reg_per_state), count_mode=fit.module.count_mode,
-                   config=to_dict(cfg))
+                   state_centring=fit.module.state_centres is not None, config=to_dict(cfg))
     with atomic_path(out / "metrics.json") as tmp:
         tmp.write_text(json.dumps({"teacher": metrics}, indent=2, default=float))
-    write_latents(out / "latents.npz", z, session, dataset_dir, fit.heldin, fit.heldout)
+    centred = {} if fit.module.state_centres is None else dict(state_centres=fit.module.state_centres,
+                                                                state_names=np.array(fit.states))
+    write_latents(out / "latents.npz", z, session, dataset_dir, fit.heldin, fit.heldout, **centred)
     log.info("teacher: done in %.1f s (train %.1f s)", time.perf_counter() - fit.started, fit.train_seconds)
     return out
 
@@ -295,5 +307,10 @@ def fit_teacher(session: BinnedSession, out_dir, cfg: TeacherConfig, *, heldout:
     state = torch.load(best if best.is_file() else last, map_location="cpu", weights_only=True)["state_dict"]
     module.load_state_dict(state)
     module.net.eval()
+    if centring_on(cfg, module.reg_per_state, len(states)):  # teacher/state_centring.py
+        module.state_centres = state_centres(encode_states(module, x, session.labels, states),
+                                             session.labels["state"], session.split, states)
+        log.info("teacher: latent centred within each of %d states (loss.state_centring=%s)", len(states),
+                 cfg.loss.state_centring)
     return FittedTeacher(module, counts, x, heldin, heldout, states, t0, train_s, int(trainer.current_epoch),
                          int(trainer.global_step), best_val_loss(trainer), len(pairs[0]) if pairs is not None else 0)
