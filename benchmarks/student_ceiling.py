@@ -48,25 +48,30 @@ def random_relu(x: np.ndarray, train: np.ndarray, n: int, seed: int) -> np.ndarr
     return np.maximum(((x - mu) / sd) @ w + rng.normal(0.0, 0.5, n), 0.0)
 
 
+def blocks(split: np.ndarray, burn_in: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, test) row masks as the student is scored: its split's blocks after the first burn_in bins."""
+    split = np.asarray(split).astype(str)
+    valid = np.arange(len(split)) >= burn_in
+    return valid & (split == "train"), valid & (split == "test")
+
+
+def score(feats: np.ndarray, latents: np.ndarray, train: np.ndarray, test: np.ndarray, ridge: float) -> dict:
+    """Held-out CCA of feats against latents: {"mean", "pairs", "features"}."""
+    r = heldout_cca(feats[train], latents[train], feats[test], latents[test], ridge)
+    return dict(mean=float(np.mean(r)), pairs=[float(v) for v in r], features=int(feats.shape[1]))
+
+
 def reference_scores(counts: np.ndarray, latents: np.ndarray, split: np.ndarray, bin_size: float,
                      cfg: StudentConfig, n_features: int, seed: int) -> dict:
-    """Mean held-out canonical correlation of each reference model: {name: {"mean", "pairs"}}, plus the linear
-    model's null (``linear filters, null``: the teacher's latents circularly shifted in time)."""
-    split = np.asarray(split).astype(str)
-    valid = np.arange(len(split)) >= cfg.burn_in
-    tr, te = valid & (split == "train"), valid & (split == "test")
+    """Mean held-out canonical correlation of each reference model: {name: {"mean", "pairs", "features"}}, plus
+    the linear model's null (``linear filters, null``: the teacher's latents circularly shifted in time)."""
+    tr, te = blocks(split, cfg.burn_in)
     x = filtered_counts(counts, bin_size, cfg.readout_taus)
-    shifted = circular_shift(latents, np.random.default_rng(seed))
-    models = {"linear filters": x}
+    out = {"linear filters": score(x, latents, tr, te, cfg.ridge),
+           "linear filters, null": score(x, circular_shift(latents, np.random.default_rng(seed)), tr, te, cfg.ridge)}
     if n_features > 0:
-        models["random features"] = np.concatenate([x, random_relu(x, tr, n_features, seed)], axis=1)
-    out = {}
-    for name, feats in models.items():
-        r = heldout_cca(feats[tr], latents[tr], feats[te], latents[te], cfg.ridge)
-        out[name] = dict(mean=float(np.mean(r)), pairs=[float(v) for v in r], features=int(feats.shape[1]))
-        if name == "linear filters":
-            null = heldout_cca(feats[tr], shifted[tr], feats[te], shifted[te], cfg.ridge)
-            out["linear filters, null"] = dict(mean=float(np.mean(null)), features=int(feats.shape[1]))
+        feats = np.concatenate([x, random_relu(x, tr, n_features, seed)], axis=1)
+        out["random features"] = score(feats, latents, tr, te, cfg.ridge)
     return out
 
 
@@ -87,13 +92,10 @@ def main(argv=None) -> None:
     latents = np.load(Path(args.teacher) / "latents.npz")["latents"].astype(np.float64)
     counts = np.asarray(ps.load_counts()[:], np.float64)
     scores = reference_scores(counts, latents, ps.split, ps.bin_size, cfg, args.features, args.seed)
-    split = np.asarray(ps.split).astype(str)
-    valid = np.arange(len(split)) >= cfg.burn_in
-    tr, te = valid & (split == "train"), valid & (split == "test")
+    tr, te = blocks(ps.split, cfg.burn_in)
     for d in args.student:
         z = np.load(Path(d) / "readout.npz")["readout"].astype(np.float64)
-        r = heldout_cca(z[tr], latents[tr], z[te], latents[te], cfg.ridge)
-        scores[f"student {d}"] = dict(mean=float(np.mean(r)), pairs=[float(v) for v in r], features=z.shape[1])
+        scores[f"student {d}"] = score(z, latents, tr, te, cfg.ridge)
     print(f"held-out CCA against {args.teacher} ({latents.shape[1]} dims; {int(te.sum())} test bins)")
     width = max(len(k) for k in scores)
     for name, s in scores.items():

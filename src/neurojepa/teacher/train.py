@@ -206,7 +206,7 @@ def teach_session(session: BinnedSession, out_dir, cfg: TeacherConfig | None = N
                       train_states=train_states, test_states=test_states)
     if fit is None:  # under DDP every rank returns from fit; rank 0 alone evaluates and writes
         return out
-    z = encode_states(fit.module, fit.x, session.labels)
+    z = fit.latents if fit.latents is not None else encode_states(fit.module, fit.x, session.labels)
     metrics = evaluate_teacher(fit.module.net, z, session, fit.counts, fit.heldin, fit.heldout, cfg, train_states,
                                test_states)
     metrics.update(train_seconds=round(fit.train_seconds, 2), epochs=fit.epochs, global_step=fit.global_step,
@@ -239,6 +239,7 @@ class FittedTeacher:
     global_step: int
     best_val_loss: float | None
     replay_pairs: int
+    latents: np.ndarray | None = None  # (n_bins, D) the session's latents, when computing the state centres encoded them
 
 
 def fit_teacher(session: BinnedSession, out_dir, cfg: TeacherConfig, *, heldout: np.ndarray | None = None, resume: bool = False,
@@ -307,10 +308,13 @@ def fit_teacher(session: BinnedSession, out_dir, cfg: TeacherConfig, *, heldout:
     state = torch.load(best if best.is_file() else last, map_location="cpu", weights_only=True)["state_dict"]
     module.load_state_dict(state)
     module.net.eval()
+    z = None
     if centring_on(cfg, module.reg_per_state, len(states)):  # teacher/state_centring.py
-        module.state_centres = state_centres(encode_states(module, x, session.labels, states),
-                                             session.labels["state"], session.split, states)
+        z, labels = encode_states(module, x, session.labels, states), session.labels["state"]
+        module.state_centres = state_centres(z, labels, session.split, states)
+        centre(z, labels, states, module.state_centres)  # what encode_states gives from now on, kept: no re-encoding
         log.info("teacher: latent centred within each of %d states (loss.state_centring=%s)", len(states),
                  cfg.loss.state_centring)
     return FittedTeacher(module, counts, x, heldin, heldout, states, t0, train_s, int(trainer.current_epoch),
-                         int(trainer.global_step), best_val_loss(trainer), len(pairs[0]) if pairs is not None else 0)
+                         int(trainer.global_step), best_val_loss(trainer), len(pairs[0]) if pairs is not None else 0,
+                         z)
