@@ -84,3 +84,12 @@ def test_replay_dims_error_is_one_cli_line_before_anything_runs(tmp_path, capsys
     assert len(err) == 1 and err[0].startswith("neurojepa: error: teacher.loss.replay_dims: 31 must be"), err
     assert "model.embed_dim (16)" in err[0]
     assert not (tmp_path / "x").exists()  # refused before simulate and prepare
+
+
+def test_value_out_of_a_schemas_range_is_one_input_error():
+    """A schema's own range check (StudentConfig.__post_init__) reaches the user as an InputError naming the source."""
+    from neurojepa.student.config import StudentConfig
+
+    with pytest.raises(InputError, match=r"ff_inhibition must be in \[0, 1\]"):
+        load_config(StudentConfig, None, ["ff_inhibition=1.5"])
+    assert load_config(StudentConfig, None, ["ff_inhibition=0.5"]).ff_inhibition == 0.5

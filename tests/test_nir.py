@@ -13,7 +13,7 @@ from neurojepa.student.train import save_student
 
 
 def test_nir_round_trip_types_shapes_and_signs(tmp_path):
-    cfg = StudentConfig(n_exc=12, n_inh=3, seed=3, readout_taus=[0.05])
+    cfg = StudentConfig(n_exc=12, n_inh=3, seed=3, readout_taus=[0.05], ff_inhibition=0.5)
     net = StudentNet(7, 4, cfg, bin_size=0.01)
     save_config(cfg, tmp_path / "config.yaml")
     save_student(net, tmp_path / "student.pt")
@@ -31,7 +31,10 @@ def test_nir_round_trip_types_shapes_and_signs(tmp_path):
     w_in, w_rec, w_out = (np.asarray(g.nodes[k].weight) for k in (inp, rec, out))
     assert w_in.shape == (15, 7) and w_rec.shape == (15, 15) and w_out.shape == (4, 15)
     np.testing.assert_allclose(w_rec, net.rec.weight.detach().numpy(), rtol=1e-6)
-    assert (w_in >= 0).all()
+    # the afferent weights are excitatory; the input Affine carries them with the feed-forward inhibition folded in
+    assert (net.inp.weight >= 0).all()
+    w_aff = net.inp.weight.detach().numpy()
+    np.testing.assert_allclose(w_in, w_aff - cfg.ff_inhibition * w_aff.mean(1, keepdims=True), rtol=1e-5, atol=1e-7)
     assert (w_rec[:, :12] >= 0).all() and (w_rec[:, 12:] <= 0).all() and (w_rec[:, 12:] < 0).any()
     assert (w_out[:, :12] >= 0).all() and (w_out[:, 12:] == 0).all()  # readout from E neurons only
     tau = np.asarray(g.nodes[lif].tau)
@@ -70,7 +73,8 @@ def test_nir_graph_runs_in_a_second_simulator_with_the_students_spikes(tmp_path,
     ``StudentNet.simulate`` on the same held-per-bin input.
 
     What NIR cannot carry is switched off in this test network: the refractory input gate, spike-frequency
-    adaptation, the private noise current and the divisive input normalisation. What still differs is the reset: NIR's LIF resets to v_reset (0), the
+    adaptation, the private noise current and the divisive input normalisation. Feed-forward inhibition, a linear map
+    of the counts, is folded into the input Affine and kept on. What still differs is the reset: NIR's LIF resets to v_reset (0), the
     student subtracts the threshold (recorded in the LIF node's metadata). Stepped with the subtractive reset, 100 %
     of the spikes are identical (bit for bit); with NIR's own reset 84 % are (of 1029 spikes: a reset to 0 instead of
     to the overshoot above threshold shifts a neuron's next spike, and the recurrent input passes the shift on). The
@@ -79,7 +83,7 @@ def test_nir_graph_runs_in_a_second_simulator_with_the_students_spikes(tmp_path,
     from neurojepa.student.nir_simulate import held_input, simulate_nir
 
     cfg = StudentConfig(n_exc=40, n_inh=10, seed=3, readout_taus=[0.03, 0.1], refractory=0.0, adapt_strength=0.0,
-                        noise_std=0.0, input_norm_tau=0.0)
+                        noise_std=0.0, input_norm_tau=0.0, ff_inhibition=1.0)  # feed-forward inhibition: folded in
     net = StudentNet(20, 4, cfg, bin_size=0.01)
     counts = torch.from_numpy(np.random.default_rng(0).poisson(0.3, (2, 100, 20)).astype(np.float32))
     net.calibrate_bias(counts)  # firing near 10 Hz, so that the comparison has spikes to compare

@@ -157,6 +157,27 @@ def test_adaptation_slows_firing_under_constant_drive():
     np.testing.assert_array_equal(spikes[0.05][:, 24:], spikes[0.0][:, 24:])  # I neurons do not adapt
 
 
+def test_feedforward_inhibition_cancels_common_mode_input_and_keeps_dale():
+    """ff_inhibition = 1: adding the same count to every afferent leaves every neuron's drive unchanged (the pool's
+    inhibition grows with the neuron's own excitation); 0.5 passes half of it; 0 is the all-excitatory projection.
+    The afferent weights stay >= 0 (Dale), the pool's current is >= 0 and is what the drive loses, and the recorded
+    inhibitory current carries it."""
+    common = 3.0
+    for k in (0.0, 0.5, 1.0):
+        net, x, _ = _net(ff_inhibition=k, noise_std=0.0, input_norm_tau=0.0)
+        with torch.no_grad():
+            lift = net.afferent_drive(x + common) - net.afferent_drive(x)
+            excitation = common * net.inp.weight.sum(1)  # what the all-excitatory projection adds
+            torch.testing.assert_close(lift, (1 - k) * excitation.expand_as(lift), atol=1e-5, rtol=1e-4)
+            assert (net.inp.weight >= 0).all()
+            pool = net.feedforward_inhibition(x)[:: net.substeps].transpose(0, 1)  # (B, bins, N), one step per bin
+            assert (pool >= 0).all()
+            torch.testing.assert_close(net.afferent_drive(x), net.inp(x) - pool, atol=1e-5, rtol=1e-4)
+            if k > 0:
+                res = net.simulate(x, record_currents=True)
+                assert (res["i_inh"] <= 0).all() and float(res["i_inh"].mean()) < 0
+
+
 def test_band_penalty_known_values():
     r = torch.tensor([0.0, 5.0, 10.0, 20.0, 30.0])
     assert band_penalty(r, 5.0, 20.0).item() == pytest.approx((25 + 0 + 0 + 0 + 100) / 5)

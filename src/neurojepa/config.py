@@ -43,7 +43,8 @@ def load_config(schema: type[T], file: str | Path | None = None, overrides: Sequ
     """Return a validated config object of type ``schema`` (a dataclass).
 
     file: optional YAML with a subset of the keys; overrides: ``["key=value", "section.key=value", ...]``.
-    Raises :class:`InputError` for an unknown key (naming the closest valid one), a wrong type or a bad YAML.
+    Raises :class:`InputError` for an unknown key (naming the closest valid one), a wrong type, a value out of the
+    schema's range (its ``__post_init__`` raising ValueError) or a bad YAML.
     """
     base = OmegaConf.structured(schema)
     valid = _all_keys(base)
@@ -75,7 +76,10 @@ def load_config(schema: type[T], file: str | Path | None = None, overrides: Sequ
             key = getattr(err, "full_key", None) or "?"
             msg = str(getattr(err, "msg", err)).splitlines()[0]
             raise InputError(source, f"bad value for '{key}': {msg}") from None
-    return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+    try:
+        return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+    except ValueError as err:  # a schema's own range check (__post_init__)
+        raise InputError(where if not layers else layers[-1][0], str(err)) from None
 
 
 def as_overrides(options: Mapping[str, Any], prefix: str = "") -> list[str]:

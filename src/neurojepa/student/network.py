@@ -4,7 +4,8 @@ Math (snntorch ``Leaky`` with ``reset_mechanism="subtract"``, written out; one s
 
     g_t   = 1 if the neuron is not refractory else 0          # input gated off n_ref steps after a spike
     A_t   = rho * A_{t-1} + b_adapt * S_{t-1}                   # adaptation current (E only; detached, as the reset)
-    I_t   = g_t * (W_in c_bin(t) + b + xi_t + W_rec S_{t-1} - A_t)   # c_bin: counts of the current 10 ms bin, held
+    I_t   = g_t * (W_ff c_bin(t) + b + xi_t + W_rec S_{t-1} - A_t)   # c_bin: counts of the current 10 ms bin, held
+    W_ff  = W_in - k * rowmean(W_in) 1^T                        # feed-forward inhibition, k = ff_inhibition
     U_t   = beta * U_{t-1} + I_t - theta * S_{t-1}              # subtractive reset, detached (as snntorch)
     S_t   = H(U_t - theta)                                      # surrogate gradient: fast sigmoid (default)
 
@@ -13,6 +14,17 @@ rho = exp(-dt / adapt_tau), b_adapt from ``adapt_strength`` (0 = no adaptation, 
 sees only E spikes: per-bin E spike counts are low-pass filtered (exponential, one copy per ``readout_taus`` entry)
 and mapped linearly to the D teacher dims. Dale's principle holds on the input (all +), recurrent (column signs) and
 readout (E only, all +) weights by parametrisation (dale.py).
+
+**Feed-forward inhibition** (``ff_inhibition`` = k): afferent spikes excite (``W_in`` >= 0) and also drive a pool of
+feed-forward interneurons whose inhibition of each neuron is proportional to that neuron's own afferent excitation
+(``rowmean(W_in)``) times the pooled afferent count, the disynaptic inhibition that tracks excitation in sensory
+cortex (Wehr & Zador 2003; Isaacson & Scanziani 2011). At k = 1 a rise of every afferent's count by the same amount
+leaves every neuron's drive unchanged: the population's common-mode fluctuations, which an all-excitatory input
+projection passes to every neuron alike, are cancelled, and what drives a neuron is how its afferents' pattern
+differs from the population mean. The pool is a rate term (linear in the counts, no spikes of its own, like the
+divisive normalisation); Dale holds on every weight, its inhibition being a separate pathway with a non-negative
+strength. Why (docs/student.md, session 12): the student's sign-constrained input was the largest single cost of
+Dale's principle.
 
 Spike-frequency adaptation is what keeps firing irregular-but-not-bursty once training sharpens the neurons' input
 tuning: with white background noise and a subtractive reset, a threshold crossing that overshoots fires again right
@@ -363,6 +375,24 @@ class StudentNet(nn.Module):
         m = torch.stack(run, 1).clamp_min(0.25 * ref)
         return (ref / m) ** cfg.input_norm_exponent
 
+    def afferent_weight(self) -> torch.Tensor:
+        """(N, n_in) effective map from the (normalised) counts to the input current: the excitatory afferent weights
+        minus the feed-forward inhibition, ``W_in - ff_inhibition * rowmean(W_in) 1^T`` (see the module docstring)."""
+        w = self.inp.weight
+        k = self.cfg.ff_inhibition
+        return w - k * w.mean(1, keepdim=True) if k > 0 else w
+
+    def afferent_drive(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., n_in) normalised counts -> (..., N) afferent current (bias included)."""
+        return F.linear(x, self.afferent_weight(), self.inp.bias)
+
+    def feedforward_inhibition(self, counts: torch.Tensor) -> torch.Tensor:
+        """counts: (B, bins, n_in) -> the feed-forward pool's inhibitory current, >= 0, (bins * substeps, B, N), held
+        over each bin as the input current is: what :meth:`afferent_drive` subtracts."""
+        x = counts.to(self.inp.bias.dtype) * self.input_norm_gain(counts)[..., None]
+        inh = self.cfg.ff_inhibition * x.sum(-1, keepdim=True) * self.inp.weight.mean(1)
+        return inh.transpose(0, 1).repeat_interleave(self.substeps, dim=0)
+
     def input_current(self, counts: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """counts: (B, bins, n_in) -> input currents (bins * substeps, B, N), each bin's current held over its steps,
         plus private Gaussian noise of std ``noise_std`` (threshold units per step; ``generator`` seeds it), white or
@@ -371,7 +401,7 @@ class StudentNet(nn.Module):
         x = counts.to(self.inp.bias.dtype)
         if self.cfg.input_norm_tau > 0:
             x = x * self.input_norm_gain(counts)[..., None]
-        cur = self.inp(x).transpose(0, 1).repeat_interleave(self.substeps, dim=0)
+        cur = self.afferent_drive(x).transpose(0, 1).repeat_interleave(self.substeps, dim=0)
         if self.cfg.noise_std > 0:
             # private background noise: keeps firing irregular (CV ~ 1) instead of regular bursts while a held bin
             # current stays above threshold. White noise (noise_tau 0) makes big per-step jumps that overshoot
@@ -466,8 +496,9 @@ class StudentNet(nn.Module):
         if record_currents:
             prev = torch.cat([torch.zeros_like(spikes[:1]), spikes[:-1]])
             ne = self.n_exc
-            res["i_exc"] = gates * (x + prev[..., :ne] @ w[:, :ne].T)
-            res["i_inh"] = gates * (prev[..., ne:] @ w[:, ne:].T)
+            ff = self.feedforward_inhibition(counts) if cfg.ff_inhibition > 0 else 0.0
+            res["i_exc"] = gates * (x + ff + prev[..., :ne] @ w[:, :ne].T)
+            res["i_inh"] = gates * (prev[..., ne:] @ w[:, ne:].T - ff)
         return res
 
     @torch.no_grad()
@@ -482,7 +513,7 @@ class StudentNet(nn.Module):
         if self.cfg.input_norm_tau > 0:  # the reference the normalisation divides by: these windows' mean
             self.input_ref.copy_(counts.to(self.input_ref.dtype).sum(-1).mean())
         x = counts.to(self.inp.bias.dtype) * self.input_norm_gain(counts)[..., None]
-        drive = self.inp(x) - self.inp.bias
+        drive = self.afferent_drive(x) - self.inp.bias
         # input fluctuations of input_gain rheobases: fluctuation-driven, irregular firing (CV ~ 1)
         scale = self.cfg.input_gain * rheobase / drive.std((0, 1)).clamp_min(1e-12)
         _raw_weight(self.inp).mul_(scale[:, None])  # |raw| * sign: scaling raw by a positive factor scales it

@@ -25,6 +25,8 @@ simulator on nirtorch) in tests/test_nir.py and docs/student.md:
   noise_std=0 input_norm_tau=0`` is represented exactly). They matter: with the default student's values (before
   the normalisation), 0.8 % of the spikes are identical (without noise the calibrated bias leaves neurons silent;
   without adaptation they fire ~3.7x more). :func:`student_to_nir` logs a warning for such a student.
+* feed-forward inhibition (``ff_inhibition``) is linear in the counts and is folded into the input Affine, exactly
+  (its weights are then the effective, signed afferent map ``StudentNet.afferent_weight()``).
 * the readout's filters run per dt step in NIR but once per bin in the student (readout correlation > 0.99;
   0.9992 on the test network).
 """
@@ -54,7 +56,7 @@ def to_snntorch(net: StudentNet) -> nn.Sequential:
                      reset_mechanism="subtract", init_hidden=True)
     out = nn.Linear(n, net.n_out)
     with torch.no_grad():
-        inp.weight.copy_(net.inp.weight)
+        inp.weight.copy_(net.afferent_weight())  # feed-forward inhibition folded in (a linear map of the counts)
         inp.bias.copy_(net.inp.bias)
         lif.recurrent.weight.copy_(net.rec.weight)
         lif.recurrent.bias.zero_()
