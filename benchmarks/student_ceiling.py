@@ -27,6 +27,7 @@ from scipy.signal import lfilter
 from neurojepa.data.dataset import PreparedSession
 from neurojepa.metrics.cca import circular_shift, heldout_cca
 from neurojepa.student.config import StudentConfig
+from neurojepa.student.evaluate import train_mask
 
 
 def filtered_counts(counts: np.ndarray, bin_size: float, taus) -> np.ndarray:
@@ -49,10 +50,10 @@ def random_relu(x: np.ndarray, train: np.ndarray, n: int, seed: int) -> np.ndarr
 
 
 def blocks(split: np.ndarray, burn_in: int) -> tuple[np.ndarray, np.ndarray]:
-    """(train, test) row masks as the student is scored: its split's blocks after the first burn_in bins."""
-    split = np.asarray(split).astype(str)
-    valid = np.arange(len(split)) >= burn_in
-    return valid & (split == "train"), valid & (split == "test")
+    """(train, test) row masks as the student is scored: its split's blocks after the first burn_in bins (the
+    train half is the student's own :func:`~neurojepa.student.evaluate.train_mask`)."""
+    test = (np.arange(len(split)) >= burn_in) & (np.asarray(split).astype(str) == "test")
+    return train_mask(split, None, None, burn_in), test
 
 
 def score(feats: np.ndarray, latents: np.ndarray, train: np.ndarray, test: np.ndarray, ridge: float) -> dict:

@@ -171,11 +171,6 @@ class Teacher(_Estimator):
         labels = None
         if states is not None:
             labels = pd.DataFrame({"state": np.asarray(states).astype(str)})
-        elif len(self.module_.state_keys) > 1:
-            raise InputError("states", "this teacher has one read-in per state (model.state_readin): pass states")
-        elif self.module_.state_centres is not None:
-            raise InputError("states", "this teacher centres its latent within each state (loss.state_centring): "
-                                       "pass states")
         if labels is not None and len(labels) != len(x):
             raise InputError("states", f"need one state per bin ({len(x)}), got {len(labels)}")
         return encode_states(self.module_, np.ascontiguousarray(x[:, self.heldin_units_]), labels, self.states_)

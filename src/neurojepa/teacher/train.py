@@ -81,11 +81,13 @@ def encode_states(module: TeacherModule, x: np.ndarray, labels, states: list[str
     subtracted. states: the state names in the order of the codes the module trained with (default: the sorted
     states of ``labels``)."""
     net = module.net.eval()
-    centres = getattr(module, "state_centres", None)
+    centres = module.state_centres
     if len(module.state_keys) == 1 and centres is None:
         return net.encode_long(x).numpy().astype(np.float32)
     if labels is None:
-        raise InputError("states", "this teacher reads in or centres its latent per state: pass each bin's state")
+        why = ("has one read-in per state (model.state_readin)" if len(module.state_keys) > 1
+               else "centres its latent within each state (loss.state_centring)")
+        raise InputError("states", f"this teacher {why}: pass states")
     state = labels["state"].to_numpy().astype(str)
     names = list(states) if states is not None else sorted(set(state))
     unknown = sorted(set(state) - set(names))
