@@ -64,7 +64,7 @@ def test_replay_dims_beyond_embed_dim_is_an_input_error_naming_the_key():
     from neurojepa.pipeline import load_run_config
     from neurojepa.teacher.config import TeacherConfig, check_choices
 
-    for preset in (None, "fast", "vbn"):  # the shipped configs pass
+    for preset in (None, "fast", "vbn", "student_2ms"):  # the shipped configs pass
         check_choices(load_run_config(preset).teacher)
     cfg = TeacherConfig()
     cfg.model.embed_dim = 16
@@ -93,3 +93,16 @@ def test_value_out_of_a_schemas_range_is_one_input_error():
     with pytest.raises(InputError, match=r"ff_inhibition must be in \[0, 1\]"):
         load_config(StudentConfig, None, ["ff_inhibition=1.5"])
     assert load_config(StudentConfig, None, ["ff_inhibition=0.5"]).ff_inhibition == 0.5
+
+
+def test_student_2ms_preset_steps_the_student_at_2_ms():
+    """The `student_2ms` preset changes the student only: a 2 ms step (5 sub-steps per 10 ms bin, a one-step
+    refractory gate), twice the steps, feed-forward inhibition at 0.5; everything else is the default run."""
+    from neurojepa.pipeline import load_run_config
+    from neurojepa.student.network import StudentNet
+
+    cfg, default = load_run_config("student_2ms"), load_run_config(None)
+    assert (cfg.student.dt, cfg.student.max_steps, cfg.student.ff_inhibition) == (0.002, 300, 0.5)
+    assert cfg.teacher == default.teacher and cfg.simulate == default.simulate
+    net = StudentNet(5, 2, cfg.student, bin_size=0.01)
+    assert (net.substeps, net.n_ref) == (5, 1)

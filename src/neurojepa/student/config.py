@@ -10,7 +10,8 @@ Divisive input normalisation (``input_norm_tau``) keeps the rates in band in a s
 higher band floor for I neurons (``rate_low_inh_hz``, ``target_rate_inh_hz``) makes them fire above E ones, as
 fast-spiking interneurons do (issue 17; table in docs/student.md). Feed-forward inhibition (``ff_inhibition``) is
 off by default: at the 150-step budget it buys +0.03 CCA (0.5) but, trained on one state, the unseen state's
-fraction in band fell to 0.897 on seed 1, under the issue's 0.9 (docs/student.md, session 12).
+fraction in band fell to 0.897 on seed 1, under the issue's 0.9. The ``student_2ms`` preset turns it on with a 2 ms
+step and twice the steps, which keeps every firing target (docs/student.md, session 12).
 """
 
 from __future__ import annotations
