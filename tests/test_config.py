@@ -106,3 +106,35 @@ def test_student_2ms_preset_steps_the_student_at_2_ms():
     assert cfg.teacher == default.teacher and cfg.simulate == default.simulate
     net = StudentNet(5, 2, cfg.student, bin_size=0.01)
     assert (net.substeps, net.n_ref) == (5, 1)
+
+
+def test_a_file_that_is_not_a_mapping_is_one_short_input_error(tmp_path):
+    """A YAML list, or a stray text file that YAML reads as one long key, is refused naming the file, in one short
+    line (the text is not echoed)."""
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    with pytest.raises(InputError, match="expected a mapping of config keys"):
+        load_config(Run, tmp_path / "list.yaml")
+    (tmp_path / "notes.txt").write_text("x" * 500)
+    with pytest.raises(InputError) as err:
+        load_config(Run, tmp_path / "notes.txt")
+    assert "notes.txt" in str(err.value) and len(str(err.value)) < 200
+
+
+def test_stage_commands_take_a_preset_or_run_config_section(tmp_path, capsys):
+    """`distill / teach / prepare --config` take a file of the stage's own keys, or a run config or preset whose
+    section for that stage they use, with the stage's own key=value overrides on top; typos still name the key."""
+    from neurojepa.pipeline import load_stage_config
+
+    s = load_stage_config("student", "student_2ms", ["max_steps=7"])
+    assert (s.dt, s.ff_inhibition, s.max_steps) == (0.002, 0.5, 7)
+    (tmp_path / "run.yaml").write_text("teacher:\n  train:\n    max_epochs: 3\nstudent:\n  n_exc: 40\n")
+    (tmp_path / "own.yaml").write_text("n_exc: 41\n")
+    assert load_stage_config("student", tmp_path / "run.yaml").n_exc == 40
+    assert load_stage_config("student", tmp_path / "own.yaml").n_exc == 41
+    assert load_stage_config("teacher", tmp_path / "run.yaml").train.max_epochs == 3
+    assert load_stage_config("prepare", tmp_path / "run.yaml") == load_stage_config("prepare")  # no section: defaults
+    with pytest.raises(InputError, match="did you mean 'max_steps'"):
+        load_stage_config("student", "student_2ms", ["max_step=7"])
+    (tmp_path / "bad.yaml").write_text("student:\n  n_exc: 40\n  dtt: 0.002\n")
+    with pytest.raises(InputError, match=r"bad.yaml: unknown config key 'student.dtt'"):
+        load_stage_config("student", tmp_path / "bad.yaml")

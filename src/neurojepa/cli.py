@@ -149,7 +149,8 @@ def _add_prepare(sub) -> None:
     p.add_argument("--workers", type=int, default=None, metavar="N", help="prepare in N local Dask processes")
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="an existing Dask scheduler (tcp://host:port); paths must be visible to its workers")
-    p.add_argument("--config", default=None, metavar="FILE.yaml", help="options (see docs/prepare.md)")
+    p.add_argument("--config", default=None, metavar="FILE.yaml",
+                   help="prepare options (docs/prepare.md), or a run config / preset whose prepare section is taken")
     p.add_argument("--states-from", default=None, metavar="TABLE[:COLUMN]",
                    help="take brain states from this intervals table (and column) of a non-VBN file")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="option overrides, e.g. bin_size=0.02")
@@ -157,8 +158,8 @@ def _add_prepare(sub) -> None:
 
 
 def _run_prepare(args) -> int:
-    from .config import load_config
-    from .data.prepare import PrepareConfig, prepare, print_summary
+    from .data.prepare import prepare, print_summary
+    from .pipeline import load_stage_config
     from .report.qc_figure import plot_qc
 
     # intermixed parsing hands every positional to `input` first: key=value ones are overrides
@@ -166,7 +167,7 @@ def _run_prepare(args) -> int:
     overrides = [a for a in args.input if "=" in a] + list(args.overrides)
     if not inputs:
         raise InputError("prepare", "no input file given")
-    cfg = load_config(PrepareConfig, args.config, overrides)
+    cfg = load_stage_config("prepare", args.config, overrides)
     if len(inputs) > 1 or args.workers is not None or args.scheduler is not None:
         return _prepare_many(inputs, args, cfg)
     out = prepare(inputs[0], args.out, cfg, states_from=args.states_from, draw_qc=plot_qc)
@@ -196,7 +197,8 @@ def _add_teach(sub) -> None:
     p.add_argument("dataset", nargs="+", help="prepared dataset directories (neurojepa prepare); several: one "
                    "multi-session teacher (docs/scale.md)")
     p.add_argument("--out", required=True, help="output directory: checkpoints, logs, metrics.json, latents.npz")
-    p.add_argument("--config", default=None, metavar="FILE.yaml", help="options (see docs/teacher.md)")
+    p.add_argument("--config", default=None, metavar="FILE.yaml",
+                   help="teacher options (docs/teacher.md), or a run config / preset whose teacher section is taken")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.ckpt")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="option overrides, e.g. loss.regulariser=none")
     p.set_defaults(func=_run_teach)
@@ -205,15 +207,14 @@ def _add_teach(sub) -> None:
 def _run_teach(args) -> int:
     import json
 
-    from .config import load_config
-    from .teacher.config import TeacherConfig
+    from .pipeline import load_stage_config
     from .teacher.train import teach
 
     from pathlib import Path
 
     # the positionals are greedy: key=value items after the directories are overrides
     dirs = [d for d in args.dataset if "=" not in d or Path(d).exists()]
-    cfg = load_config(TeacherConfig, args.config, [d for d in args.dataset if d not in dirs] + args.overrides)
+    cfg = load_stage_config("teacher", args.config, [d for d in args.dataset if d not in dirs] + args.overrides)
     if len(dirs) > 1:
         from .teacher.multisession import teach_many
 
@@ -290,7 +291,9 @@ def _add_distill(sub) -> None:
     p.add_argument("dataset", help="a prepared dataset directory (from `neurojepa prepare`)")
     p.add_argument("--teacher", required=True, help="teacher directory holding latents.npz (and metrics.json)")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--config", default=None, metavar="FILE.yaml", help="StudentConfig options (see docs/student.md)")
+    p.add_argument("--config", default=None, metavar="FILE.yaml",
+                   help="student options (docs/student.md), or a run config / preset (e.g. student_2ms) whose "
+                        "student section is taken")
     p.add_argument("--resume", action="store_true", help="continue training from OUT/last.ckpt")
     p.add_argument("--unconstrained", action="store_true",
                    help="also train the ablation without Dale and homeostasis and report its held-out CCA")
@@ -299,11 +302,10 @@ def _add_distill(sub) -> None:
 
 
 def _run_distill(args) -> int:
-    from .config import load_config
-    from .student.config import StudentConfig
+    from .pipeline import load_stage_config
     from .student.train import distill
 
-    cfg = load_config(StudentConfig, args.config, args.overrides)
+    cfg = load_stage_config("student", args.config, args.overrides)
     out = distill(args.dataset, args.teacher, args.out, cfg, resume=args.resume, unconstrained=args.unconstrained)
     print(f"wrote {out}/metrics.json")
     return 0

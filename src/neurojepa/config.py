@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence, TypeVar
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from .errors import InputError, atomic_path
@@ -54,9 +54,12 @@ def load_config(schema: type[T], file: str | Path | None = None, overrides: Sequ
         if not path.is_file():
             raise InputError(path, "config file not found")
         try:
-            layers.append((str(path), OmegaConf.load(path)))
+            layer = OmegaConf.load(path)
         except Exception as err:  # yaml errors come in many classes
             raise InputError(path, f"not a valid YAML config ({type(err).__name__})") from None
+        if not isinstance(layer, DictConfig):
+            raise InputError(path, "not a YAML config: expected a mapping of config keys")
+        layers.append((str(path), layer))
     for item in overrides:
         if "=" not in item:
             raise InputError(where, f"override '{item}' is not of the form key=value")
@@ -69,7 +72,8 @@ def load_config(schema: type[T], file: str | Path | None = None, overrides: Sequ
     for source, layer in layers:
         for key in _all_keys(layer):
             if key not in valid:
-                raise InputError(source, f"unknown config key '{key}'{_closest(key, valid)}")
+                shown = key if len(key) <= 60 else key[:57] + "..."  # a stray text file: one short line
+                raise InputError(source, f"unknown config key '{shown}'{_closest(key, valid)}")
         try:
             cfg = OmegaConf.merge(cfg, layer)
         except (ValidationError, ConfigKeyError, ConfigAttributeError) as err:

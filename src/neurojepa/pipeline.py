@@ -34,14 +34,14 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import numpy as np
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
-from .config import config_hash, load_config, save_config, to_dict
+from .config import as_overrides, config_hash, load_config, save_config, to_dict
 from .data.prepare import PrepareConfig
 from .errors import InputError, atomic_path
 from .runtime import MemoryWatch, peak_memory_mb
@@ -103,6 +103,27 @@ def preset_path(name_or_file: str | Path) -> Path:
 def load_run_config(file: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:
     """Resolve a :class:`RunConfig` from a preset name or YAML file and ``key=value`` overrides (typos named)."""
     return load_config(RunConfig, None if file is None else preset_path(file), overrides, where="run config")
+
+
+def load_stage_config(section: str, file: str | Path | None = None, overrides: Sequence[str] = ()):
+    """The config of one stage (``section``: ``prepare``, ``teacher`` or ``student``) for the stage commands
+    (``neurojepa prepare / teach / distill --config FILE``). FILE holds either that stage's own keys, or it is a run
+    config or a preset by name (``student_2ms``, ``vbn``, ...: top-level sections such as ``student:``), whose
+    ``section`` it takes (defaults where the file has none; the other sections are checked and ignored).
+    ``key=value`` overrides are the stage's own keys either way."""
+    schema = type(getattr(RunConfig(), section))
+    if file is None:
+        return load_config(schema, None, overrides)
+    path = preset_path(file)
+    try:
+        top = OmegaConf.load(path) if path.is_file() else None
+    except Exception:  # not YAML: load_config names the file and the problem
+        top = None
+    run_sections = {"simulate", "prepare", "teacher", "student"} - {f.name for f in fields(schema)}
+    if not isinstance(top, DictConfig) or not run_sections & set(top.keys()):
+        return load_config(schema, path, overrides)
+    run = load_config(RunConfig, path, where="run config")
+    return load_config(schema, None, as_overrides(to_dict(getattr(run, section))) + list(overrides))
 
 
 def _hash(*parts) -> str:
