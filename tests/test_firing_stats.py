@@ -32,6 +32,23 @@ def test_gamma_renewal_trains_give_the_analytic_cv_and_fano():
     np.testing.assert_allclose(spiking.fano_factor(p, 1000), 1.0, atol=0.2)
 
 
+def test_short_isi_fraction_against_a_loop_and_the_poisson_answer():
+    """The pooled fraction of ISIs <= k steps, against an explicit loop over neurons and trials (intervals never
+    cross a trial), and on Poisson trains the analytic 1 - (1 - p)^k."""
+    rng = np.random.default_rng(3)
+    sp = (rng.random((3, 400, 5)) < 0.08).astype(np.uint8)
+    sp[1, :, 2] = 0  # a silent neuron in one trial
+    isis = [d for b in range(3) for u in range(5) for d in np.diff(np.flatnonzero(sp[b, :, u]))]
+    for k in (1, 3, 5):
+        assert spiking.short_isi_fraction(sp, k) == pytest.approx(np.mean(np.array(isis) <= k))
+    p = (rng.random((4, 50_000, 4)) < 0.01).astype(np.uint8)  # Poisson (Bernoulli) at 10 Hz with 1 ms steps
+    assert spiking.short_isi_fraction(p, 5) == pytest.approx(1 - 0.99**5, abs=0.004)
+    assert np.isnan(spiking.short_isi_fraction(np.zeros((2, 10, 3), np.uint8), 5))
+    doublets = np.zeros((1, 1000, 1), np.uint8)
+    doublets[0, ::100, 0] = doublets[0, 3::100, 0] = 1  # every spike followed by another 3 steps later
+    assert spiking.short_isi_fraction(doublets, 5) == pytest.approx(10 / 19)
+
+
 def _naive_fano(sp, w):
     """Fano factor per neuron by explicit loops over chunks and windows."""
     out = []
@@ -66,6 +83,7 @@ def test_firing_by_state_reports_every_statistic_per_state_against_naive_referen
         assert v["rate_hz_median_inh"] == pytest.approx(np.median(rate[n_exc:]))
         assert v["frac_in_band"] == pytest.approx(np.mean((rate >= 5) & (rate <= 20)))
         assert v["fano_median"] == pytest.approx(np.nanmedian(_naive_fano(sp, 100)))
+        assert v["frac_isi_below_5ms"] == pytest.approx(spiking.short_isi_fraction(sp, 5))
         assert v["n_silent"] == int((rate < cfg.silent_below_hz).sum())
         assert v["n_chunks"] == 3 and v["seconds"] == pytest.approx(6.0)
     assert 0.6 < out["a"]["fano_median"] < 1.4 and 0.6 < out["a"]["cv_isi_median"] < 1.4  # Poisson: ~1

@@ -261,7 +261,7 @@ def test_distill_end_to_end(tmp_path, monkeypatch):
     m = json.loads((out / "metrics.json").read_text())["student"]
     for key in ("cca_heldout", "cca_heldout_mean", "cca_null_mean", "rate_hz_median", "rate_hz_median_exc",
                 "rate_hz_median_inh", "frac_in_band", "cv_isi_median", "fano_median", "n_silent", "n_saturated",
-                "dale_violations", "n_exc", "n_inh", "ei_current_corr_median", "lv_median"):
+                "dale_violations", "n_exc", "n_inh", "ei_current_corr_median", "lv_median", "frac_isi_below_5ms"):
         assert key in m, key
     assert m["dale_violations"] == 0 and m["n_exc"] == 24 and m["time_capped"] is False
     assert m["cca_heldout_mean"] > 0.4 > abs(m["cca_null_mean"])  # learns something real in 20 steps

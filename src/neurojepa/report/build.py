@@ -337,7 +337,7 @@ def _student_section(run_dir: Path, student: dict | None, ps) -> Section:
     else:
         keys = ("cca_heldout_mean", "cca_null_mean", "cca_heldout_mean_unconstrained", "rate_hz_median",
                 "rate_hz_median_exc", "rate_hz_median_inh", "rate_ratio_inh_exc", "frac_in_band", "cv_isi_median",
-                "lv_median", "fano_median", "n_silent", "n_saturated", "dale_violations", "n_exc", "n_inh",
+                "lv_median", "frac_isi_below_5ms", "fano_median", "n_silent", "n_saturated", "dale_violations", "n_exc", "n_inh",
                 "ei_current_corr_median",
                 "decoding_ratio_mean", "decoding_ratio_min", "train_seconds")
         sec.add(_kv_table([(k, _scalar(student, k)) for k in keys]))
@@ -429,9 +429,10 @@ def _cross_section(teacher: dict | None, student: dict | None) -> Section:
         sec.add(paragraph("Student firing on held-out chunks of each state (E/I current correlation: per neuron, "
                           "E input current vs |I input current|, median):"))
         sec.add(table(["state", "median rate (Hz)", "E / I median (Hz)", "fraction in band", "median CV of ISI",
-                       "median Fano (100 ms)", "E/I current corr", "silent", "chunks"],
+                       "ISIs <= 5 ms", "median Fano (100 ms)", "E/I current corr", "silent", "chunks"],
                       [[st, v.get("rate_hz_median"), _e_i(v), v.get("frac_in_band"), v.get("cv_isi_median"),
-                        v.get("fano_median"), v.get("ei_current_corr_median"), v.get("n_silent"), v.get("n_chunks")]
+                        v.get("frac_isi_below_5ms"), v.get("fano_median"), v.get("ei_current_corr_median"),
+                        v.get("n_silent"), v.get("n_chunks")]
                        for st, v in sorted(by_state.items())]))
         shown = True
     beh_rows = []

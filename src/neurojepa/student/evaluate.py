@@ -16,9 +16,10 @@
 * With two or more states (the teacher's ``compare_states``): ``cca_cross_state`` (``cca_cross_state_pairs``
   {"A->B", ..., "mean"}): CCA directions fit on state A's train blocks, mean correlation on state B's test blocks;
   ``cca_cross_state_null``: the same against circularly time-shifted teacher latents; ``firing_by_state``
-  {state: {rate_hz_median(_exc/_inh), frac_in_band, cv_isi_median, lv_median, fano_median, n_silent, n_saturated,
-  ei_current_corr_median, n_chunks, seconds}}: the firing statistics' held-out chunks grouped by their bins' state
-  (chunks straddling two states are left out; no extra simulation: the currents' 8 chunks are spread over states).
+  {state: {rate_hz_median(_exc/_inh), frac_in_band, cv_isi_median, lv_median, frac_isi_below_5ms, fano_median,
+  n_silent, n_saturated, ei_current_corr_median, n_chunks, seconds}}: the firing statistics' held-out chunks grouped
+  by their bins' state (chunks straddling two states are left out; no extra simulation: the currents' 8 chunks are
+  spread over states).
 """
 
 from __future__ import annotations
@@ -155,6 +156,7 @@ def firing_summary(spikes: np.ndarray, n_exc: int, cfg: StudentConfig, i_exc: np
                frac_in_band=spiking.frac_in_band(r, cfg.rate_low_hz, cfg.rate_high_hz),
                cv_isi_median=_nan_median(spiking.cv_isi(spikes)),
                lv_median=_nan_median(spiking.lv_isi(spikes)),  # local variation: irregularity without slow modulation
+               frac_isi_below_5ms=spiking.short_isi_fraction(spikes, int(round(0.005 / cfg.dt))),  # doublets
                fano_median=_nan_median(spiking.fano_factor(spikes, int(round(0.1 / cfg.dt)))),
                n_silent=silent, n_saturated=saturated)
     if i_exc is not None and i_inh is not None and len(i_exc):
