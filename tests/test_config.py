@@ -120,7 +120,7 @@ def test_a_file_that_is_not_a_mapping_is_one_short_input_error(tmp_path):
     assert "notes.txt" in str(err.value) and len(str(err.value)) < 200
 
 
-def test_stage_commands_take_a_preset_or_run_config_section(tmp_path, capsys):
+def test_stage_commands_take_a_preset_or_run_config_section(tmp_path):
     """`distill / teach / prepare --config` take a file of the stage's own keys, or a run config or preset whose
     section for that stage they use, with the stage's own key=value overrides on top; typos still name the key."""
     from neurojepa.pipeline import load_stage_config

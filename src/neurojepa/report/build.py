@@ -337,8 +337,8 @@ def _student_section(run_dir: Path, student: dict | None, ps) -> Section:
     else:
         keys = ("cca_heldout_mean", "cca_null_mean", "cca_heldout_mean_unconstrained", "rate_hz_median",
                 "rate_hz_median_exc", "rate_hz_median_inh", "rate_ratio_inh_exc", "frac_in_band", "cv_isi_median",
-                "lv_median", "frac_isi_below_5ms", "fano_median", "n_silent", "n_saturated", "dale_violations", "n_exc", "n_inh",
-                "ei_current_corr_median",
+                "lv_median", "frac_isi_below_5ms", "fano_median", "n_silent", "n_saturated", "dale_violations",
+                "n_exc", "n_inh", "ei_current_corr_median",
                 "decoding_ratio_mean", "decoding_ratio_min", "train_seconds")
         sec.add(_kv_table([(k, _scalar(student, k)) for k in keys]))
     rd, why = _load_npz(run_dir / "student" / "report_data.npz")
