@@ -25,17 +25,24 @@ def rate_hz(spikes: np.ndarray, dt: float) -> np.ndarray:
     return s.sum(axis=(0, 1), dtype=np.float64) / (s.shape[0] * s.shape[1] * dt)
 
 
+def _intervals(s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Spikes of s (trials, steps, neurons) sorted by neuron, then trial, then time -> (gaps, unit, same): gaps[k]
+    the steps from sorted spike k to k + 1 (float64), unit the sorted spikes' neurons, same[k] whether spikes k and
+    k + 1 are one neuron's in one trial (so gaps[same] are the inter-spike intervals)."""
+    trial, step, unit = np.nonzero(s)
+    order = np.lexsort((step, trial, unit))
+    trial, step, unit = trial[order], step[order], unit[order]
+    same = (unit[1:] == unit[:-1]) & (trial[1:] == trial[:-1])
+    return np.diff(step).astype(np.float64), unit, same
+
+
 def cv_isi(spikes: np.ndarray, min_intervals: int = 3) -> np.ndarray:
     """Coefficient of variation (std/mean) of inter-spike intervals per neuron, (neurons,); NaN with fewer than
     ``min_intervals`` intervals. Units cancel, so dt is not needed. Poisson firing gives ~1, a clock gives 0."""
     s = _as3d(spikes)
     out = np.full(s.shape[2], np.nan)
-    trial, step, unit = np.nonzero(s)
-    order = np.lexsort((step, trial, unit))  # group by neuron, then trial, then time
-    trial, step, unit = trial[order], step[order], unit[order]
-    same = (unit[1:] == unit[:-1]) & (trial[1:] == trial[:-1])
-    isi = np.diff(step)[same].astype(np.float64)
-    who = unit[1:][same]
+    gaps, unit, same = _intervals(s)
+    isi, who = gaps[same], unit[1:][same]
     counts = np.bincount(who, minlength=s.shape[2])
     sums = np.bincount(who, weights=isi, minlength=s.shape[2])
     sq = np.bincount(who, weights=isi * isi, minlength=s.shape[2])
@@ -53,11 +60,7 @@ def lv_isi(spikes: np.ndarray, min_intervals: int = 3) -> np.ndarray:
     it compares only neighbouring intervals, so slow rate modulation barely inflates it (reported beside the CV)."""
     s = _as3d(spikes)
     out = np.full(s.shape[2], np.nan)
-    trial, step, unit = np.nonzero(s)
-    order = np.lexsort((step, trial, unit))
-    trial, step, unit = trial[order], step[order], unit[order]
-    same = (unit[1:] == unit[:-1]) & (trial[1:] == trial[:-1])
-    isi = np.diff(step).astype(np.float64)
+    isi, unit, same = _intervals(s)
     pair = same[:-1] & same[1:]  # intervals i and i+1 both inside one neuron's trial
     a, b = isi[:-1][pair], isi[1:][pair]
     who = unit[1:-1][pair]
@@ -73,12 +76,8 @@ def short_isi_fraction(spikes: np.ndarray, max_steps: int) -> float:
     """Fraction of all inter-spike intervals (pooled over neurons and trials) of at most ``max_steps`` steps: the
     doublets and bursts that drive the CV of ISI above 1 with the LV (e.g. ``max_steps`` = 5 ms / dt). Poisson
     firing at 10 Hz with a 2 ms refractory period gives ~3 %; NaN without intervals."""
-    s = _as3d(spikes)
-    trial, step, unit = np.nonzero(s)
-    order = np.lexsort((step, trial, unit))
-    trial, step, unit = trial[order], step[order], unit[order]
-    same = (unit[1:] == unit[:-1]) & (trial[1:] == trial[:-1])
-    isi = np.diff(step)[same]
+    gaps, _, same = _intervals(_as3d(spikes))
+    isi = gaps[same]
     return float(np.mean(isi <= max_steps)) if len(isi) else float("nan")
 
 
