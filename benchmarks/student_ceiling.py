@@ -1,6 +1,7 @@
 """What non-spiking models of the student's own input reach on its CCA target (issue 17, docs/student.md).
 
-    python benchmarks/student_ceiling.py PREPARED_DIR TEACHER_DIR [--student DIR ...] [--features 3000] [--seed 0]
+    python benchmarks/student_ceiling.py PREPARED_DIR TEACHER_DIR [--student DIR ...] [--features 3000]
+        [--gru 320] [--gru-steps 1000] [--seed 0]
 
 The student sees every recorded unit's counts and must carry the teacher's latents in its E spikes. Held-out CCA
 exactly as the student is scored (``StudentConfig`` ridge, directions fit on the train blocks after the burn-in,
@@ -10,6 +11,17 @@ correlations on the test blocks, mean over the teacher's dims), for reference mo
   i.e. the best linear read-out of a noiseless relay of the input; the score at a time-shifted teacher is its null;
 - ``random features``: the same plus ``--features`` random ReLU units of them (a rate network with fixed random
   hidden weights and a trained linear read-out): what some nonlinearity buys without training the hidden layer;
+- ``trained GRU`` (``--gru HIDDEN``): a gated recurrent rate network of HIDDEN units on the counts, trained with the
+  student's own CCA loss on the student's training windows (burn-in + window bins, batch, Adam, ``--gru-steps``) and
+  run on the same causal chunks the student is evaluated on; its hidden state is scored. What a trained, compact,
+  unconstrained, non-spiking network of the student's size reaches: the gap between it and the student is what
+  spikes, Dale's principle and the rate band cost; the gap between it and 1 is what the size and training cost.
+- ``GRU as N Poisson neurons`` (``--poisson N ...``, with ``--gru``): the trained GRU's code sent through spikes,
+  the noise a spiking student's readout cannot avoid. Each hidden unit's standardised state z becomes a rate
+  ``10 Hz * exp(g z - g^2 / 2)`` (mean 10 Hz, log-normal modulation of depth ``--poisson-gain`` g), emitted by
+  N / HIDDEN independent Poisson neurons whose summed counts (what the best linear read-out of identical copies
+  reads) go through the readout filters. Their median CV of ISI (1 ms steps, 2 s trials, as the student's) is
+  printed beside the score, so a code's precision can be read against the firing the student must keep.
 - each ``--student DIR``: its saved ``readout.npz``, scored here by the same code (equals its ``cca_heldout_mean``).
 
 Memory: the feature matrix is bins x (units x filters + features) float64 (~8 GB for the default session at 3,000
@@ -62,8 +74,94 @@ def score(feats: np.ndarray, latents: np.ndarray, train: np.ndarray, test: np.nd
     return dict(mean=float(np.mean(r)), pairs=[float(v) for v in r], features=int(feats.shape[1]))
 
 
+def window_starts(train: np.ndarray, length: int) -> np.ndarray:
+    """Every t whose window [t, t + length) lies wholly in train rows (train: (n,) bool), ascending."""
+    inside = np.concatenate([[0], np.cumsum(train.astype(np.int64))])
+    t = np.arange(len(train) - length + 1)
+    return t[inside[t + length] - inside[t] == length]
+
+
+def chunk_rows(x: np.ndarray, starts: np.ndarray, chunk: int, burn_in: int) -> np.ndarray:
+    """(len(starts), burn_in + chunk, dims) rows [s - burn_in, s + chunk) of x, zero-padded at the session's ends."""
+    out = np.zeros((len(starts), burn_in + chunk, x.shape[1]), np.float32)
+    for i, s in enumerate(starts):
+        a, b = max(s - burn_in, 0), min(s + chunk, len(x))
+        out[i, a - (s - burn_in): b - (s - burn_in)] = x[a:b]
+    return out
+
+
+def trained_gru(counts: np.ndarray, latents: np.ndarray, train: np.ndarray, cfg: StudentConfig, hidden: int,
+                steps: int, seed: int) -> np.ndarray:
+    """Hidden states (n, hidden) of a GRU trained with the student's CCA loss (readout Linear(hidden, D)) on random
+    burn_in + window training windows, then run causally on chunks of ``cfg.eval_chunk`` bins after a burn-in, as
+    the student is evaluated. Input: log1p counts standardised on the train rows."""
+    import torch
+
+    from neurojepa.metrics.cca import cca_loss
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    x = np.log1p(counts)
+    x = ((x - x[train].mean(0)) / (x[train].std(0) + 1e-6)).astype(np.float32)
+    gru = torch.nn.GRU(x.shape[1], hidden, batch_first=True)
+    head = torch.nn.Linear(hidden, latents.shape[1])
+    opt = torch.optim.Adam([*gru.parameters(), *head.parameters()], lr=cfg.lr / 5)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    length = cfg.burn_in + cfg.window
+    starts = window_starts(train, length)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(latents.astype(np.float32))
+    for step in range(steps):
+        idx = torch.from_numpy(starts[rng.integers(0, len(starts), cfg.batch_size)])
+        rows = idx[:, None] + torch.arange(length)
+        h, _ = gru(xt[rows])
+        z = head(h[:, cfg.burn_in:]).reshape(-1, latents.shape[1])
+        loss = cca_loss(z, yt[rows[:, cfg.burn_in:]].reshape(-1, latents.shape[1]), cfg.ridge)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([*gru.parameters(), *head.parameters()], 1.0)
+        opt.step()
+        sched.step()
+        if (step + 1) % max(steps // 10, 1) == 0:
+            print(f"  GRU step {step + 1}/{steps}: CCA loss {loss.item():.2f}", flush=True)
+    out = np.zeros((len(x), hidden), np.float32)
+    with torch.no_grad():
+        for s0 in range(0, len(x), 64 * cfg.eval_chunk):
+            cs = np.arange(s0, min(s0 + 64 * cfg.eval_chunk, len(x)), cfg.eval_chunk)
+            h, _ = gru(torch.from_numpy(chunk_rows(x, cs, cfg.eval_chunk, cfg.burn_in)))
+            for i, c in enumerate(cs):
+                n = min(cfg.eval_chunk, len(x) - c)
+                out[c:c + n] = h[i, cfg.burn_in:cfg.burn_in + n].numpy()
+    return out
+
+
+def recode_rates(h: np.ndarray, train: np.ndarray, gain: float) -> np.ndarray:
+    """Hidden states (n, H) -> rates (n, H) in Hz: 10 exp(gain z - gain^2 / 2), z standardised on the train rows
+    (mean 10 Hz for Gaussian z), capped at 200 Hz."""
+    z = (h - h[train].mean(0)) / (h[train].std(0) + 1e-6)
+    return np.minimum(10.0 * np.exp(gain * z - gain * gain / 2), 200.0)
+
+
+def poisson_counts(rates: np.ndarray, copies: int, bin_size: float, rng: np.random.Generator) -> np.ndarray:
+    """Summed spike counts per bin of ``copies`` independent Poisson neurons at each column's rate (Hz), (n, H)."""
+    return rng.poisson(copies * rates * bin_size).astype(np.float64)
+
+
+def poisson_cv(rates: np.ndarray, bin_size: float, rng: np.random.Generator, dt: float = 0.001,
+               trial_bins: int = 200, trials: int = 50) -> float:
+    """Median CV of ISI of one Poisson neuron per column of rates (each bin's rate held over its dt steps), over
+    ``trials`` evenly spaced trials of ``trial_bins`` bins, as the student's firing statistics are taken."""
+    from neurojepa.metrics.spiking import cv_isi
+
+    sub = int(round(bin_size / dt))
+    starts = np.linspace(0, len(rates) - trial_bins, trials).astype(int)
+    r = np.stack([rates[s:s + trial_bins] for s in starts]).repeat(sub, axis=1)  # (trials, steps, H)
+    spikes = rng.random(r.shape) < np.minimum(r * dt, 1.0)
+    return float(np.nanmedian(cv_isi(spikes)))
+
+
 def reference_scores(counts: np.ndarray, latents: np.ndarray, split: np.ndarray, bin_size: float,
-                     cfg: StudentConfig, n_features: int, seed: int) -> dict:
+                     cfg: StudentConfig, n_features: int, seed: int, gru_hidden: int = 0,
+                     gru_steps: int = 1000, poisson: tuple[int, ...] = (), poisson_gain: float = 1.0) -> dict:
     """Mean held-out canonical correlation of each reference model: {name: {"mean", "pairs", "features"}}, plus
     the linear model's null (``linear filters, null``: the teacher's latents circularly shifted in time)."""
     tr, te = blocks(split, cfg.burn_in)
@@ -73,6 +171,17 @@ def reference_scores(counts: np.ndarray, latents: np.ndarray, split: np.ndarray,
     if n_features > 0:
         feats = np.concatenate([x, random_relu(x, tr, n_features, seed)], axis=1)
         out["random features"] = score(feats, latents, tr, te, cfg.ridge)
+    if gru_hidden > 0:
+        h = trained_gru(counts, latents, tr, cfg, gru_hidden, gru_steps, seed)
+        out[f"trained GRU ({gru_hidden} units)"] = score(h.astype(np.float64), latents, tr, te, cfg.ridge)
+        rng = np.random.default_rng(seed)
+        rates = recode_rates(h.astype(np.float64), tr, poisson_gain)
+        cv = poisson_cv(rates[te], bin_size, rng) if poisson else None
+        for n in poisson:
+            copies = max(n // gru_hidden, 1)
+            f = filtered_counts(poisson_counts(rates, copies, bin_size, rng), bin_size, cfg.readout_taus)
+            out[f"GRU as {copies * gru_hidden} Poisson neurons"] = {**score(f, latents, tr, te, cfg.ridge),
+                                                                    "cv_isi": cv}
     return out
 
 
@@ -82,8 +191,17 @@ def main(argv=None) -> None:
     ap.add_argument("teacher", help="a teacher directory (its latents.npz)")
     ap.add_argument("--student", nargs="*", default=[], help="student directories (their readout.npz)")
     ap.add_argument("--features", type=int, default=3000, help="random ReLU features (0 = linear filters only)")
+    ap.add_argument("--gru", type=int, default=0, metavar="HIDDEN",
+                    help="also train a GRU of HIDDEN units with the student's CCA loss (0 = off)")
+    ap.add_argument("--gru-steps", type=int, default=1000, help="training steps of the GRU")
+    ap.add_argument("--poisson", type=int, nargs="*", default=[], metavar="N",
+                    help="with --gru: also score its code emitted by N Poisson neurons (multiples of HIDDEN)")
+    ap.add_argument("--poisson-gain", type=float, default=1.0,
+                    help="depth g of the log-normal rate modulation of the Poisson neurons (rate 10 exp(g z) Hz)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    if args.poisson and args.gru <= 0:
+        ap.error("--poisson recodes the trained GRU: give --gru HIDDEN too")
     for d in [args.teacher, *args.student]:  # before minutes of features
         need = "latents.npz" if d == args.teacher else "readout.npz"
         if not (Path(d) / need).is_file():
@@ -92,7 +210,8 @@ def main(argv=None) -> None:
     ps = PreparedSession.load(args.prepared)
     latents = np.load(Path(args.teacher) / "latents.npz")["latents"].astype(np.float64)
     counts = np.asarray(ps.load_counts()[:], np.float64)
-    scores = reference_scores(counts, latents, ps.split, ps.bin_size, cfg, args.features, args.seed)
+    scores = reference_scores(counts, latents, ps.split, ps.bin_size, cfg, args.features, args.seed,
+                              args.gru, args.gru_steps, tuple(args.poisson), args.poisson_gain)
     tr, te = blocks(ps.split, cfg.burn_in)
     for d in args.student:
         z = np.load(Path(d) / "readout.npz")["readout"].astype(np.float64)
@@ -102,7 +221,8 @@ def main(argv=None) -> None:
     for name, s in scores.items():
         pairs = s.get("pairs")
         tail = f"  pairs 1-9 {np.mean(pairs[:9]):.3f}, 17+ {np.mean(pairs[16:]):.3f}" if pairs and len(pairs) > 16 else ""
-        print(f"{name.ljust(width)}  {s['mean']:.3f}  ({s['features']} features){tail}")
+        cv = f"  CV of ISI {s['cv_isi']:.2f}" if s.get("cv_isi") is not None else ""
+        print(f"{name.ljust(width)}  {s['mean']:.3f}  ({s['features']} features){tail}{cv}")
 
 
 if __name__ == "__main__":

@@ -101,7 +101,7 @@ def test_config_typo_and_bad_type_are_one_line(tmp_path, capsys):
 def test_killed_run_resumes_to_completion(tmp_path):
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "neurojepa.cli", "run", "--out", str(out), *CLI, *TINY,
-           "teacher.train.max_epochs=40", "teacher.train.patience=100"]
+           "teacher.train.max_epochs=12", "teacher.train.patience=100"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
                             start_new_session=True)
@@ -118,7 +118,7 @@ def test_killed_run_resumes_to_completion(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "teacher: resuming" in done.stderr and "prepare: up to date, skipped" in done.stderr
     m = json.loads((out / "metrics.json").read_text())
-    assert m["teacher"]["epochs"] == 40 and m["student"]["dale_violations"] == 0
+    assert m["teacher"]["epochs"] == 12 and m["student"]["dale_violations"] == 0
 
 
 @pytest.mark.slow
