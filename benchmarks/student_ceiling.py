@@ -19,9 +19,10 @@ correlations on the test blocks, mean over the teacher's dims), for reference mo
 - ``GRU as N Poisson neurons`` (``--poisson N ...``, with ``--gru``): the trained GRU's code sent through spikes,
   the noise a spiking student's readout cannot avoid. Each hidden unit's standardised state z becomes a rate
   ``10 Hz * exp(g z - g^2 / 2)`` (mean 10 Hz, log-normal modulation of depth ``--poisson-gain`` g), emitted by
-  N / HIDDEN independent Poisson neurons whose summed counts (what the best linear read-out of identical copies
-  reads) go through the readout filters. Their median CV of ISI (1 ms steps, 2 s trials, as the student's) is
-  printed beside the score, so a code's precision can be read against the firing the student must keep.
+  N / HIDDEN independent Poisson neurons (``--order`` k > 1: gamma renewal neurons, more regular) whose summed
+  counts (what the best linear read-out of identical copies reads) go through the readout filters. Their median CV
+  of ISI (inside 2 s trials, as the student's) is printed beside the score, so a code's precision can be read
+  against the firing the student must keep.
 - each ``--student DIR``: its saved ``readout.npz``, scored here by the same code (equals its ``cca_heldout_mean``).
 
 Memory: the feature matrix is bins x (units x filters + features) float64 (~8 GB for the default session at 3,000
@@ -141,27 +142,47 @@ def recode_rates(h: np.ndarray, train: np.ndarray, gain: float) -> np.ndarray:
     return np.minimum(10.0 * np.exp(gain * z - gain * gain / 2), 200.0)
 
 
-def poisson_counts(rates: np.ndarray, copies: int, bin_size: float, rng: np.random.Generator) -> np.ndarray:
-    """Summed spike counts per bin of ``copies`` independent Poisson neurons at each column's rate (Hz), (n, H)."""
-    return rng.poisson(copies * rates * bin_size).astype(np.float64)
+def renewal_train(rate: np.ndarray, order: int, bin_size: float, rng: np.random.Generator):
+    """One gamma renewal neuron of ``order`` k driven by rate (n,) Hz held over each bin (k = 1: Poisson; at a
+    constant rate its CV of ISI is 1 / sqrt(k)), by time rescaling: unit-rate gamma(k) intervals in the cumulative
+    intensity, mapped back to time (exact for bin-wise constant rates). Returns (counts per bin (n,), spike times s)."""
+    lam = np.concatenate([[0.0], np.cumsum(rate * bin_size)])
+    draw = int(lam[-1] * 1.1) + 100
+    events = np.cumsum(rng.gamma(order, 1.0 / order, draw))
+    while events[-1] < lam[-1]:
+        events = np.concatenate([events, events[-1] + np.cumsum(rng.gamma(order, 1.0 / order, draw))])
+    events = events[events < lam[-1]]
+    counts = np.diff(np.searchsorted(events, lam)).astype(np.float64)
+    return counts, np.interp(events, lam, np.arange(len(lam)) * bin_size)
 
 
-def poisson_cv(rates: np.ndarray, bin_size: float, rng: np.random.Generator, dt: float = 0.001,
-               trial_bins: int = 200, trials: int = 50) -> float:
-    """Median CV of ISI of one Poisson neuron per column of rates (each bin's rate held over its dt steps), over
-    ``trials`` evenly spaced trials of ``trial_bins`` bins, as the student's firing statistics are taken."""
-    from neurojepa.metrics.spiking import cv_isi
+def renewal_counts(rates: np.ndarray, copies: int, order: int, bin_size: float,
+                   rng: np.random.Generator) -> np.ndarray:
+    """Summed spike counts per bin of ``copies`` independent renewal neurons of ``order`` at each column's rate (Hz),
+    (n, H). Order 1 (Poisson) draws the sum directly: the sum of Poisson neurons is Poisson."""
+    if order == 1:
+        return rng.poisson(copies * rates * bin_size).astype(np.float64)
+    return np.stack([sum(renewal_train(rates[:, j], order, bin_size, rng)[0] for _ in range(copies))
+                     for j in range(rates.shape[1])], axis=1)
 
-    sub = int(round(bin_size / dt))
-    starts = np.linspace(0, len(rates) - trial_bins, trials).astype(int)
-    r = np.stack([rates[s:s + trial_bins] for s in starts]).repeat(sub, axis=1)  # (trials, steps, H)
-    spikes = rng.random(r.shape) < np.minimum(r * dt, 1.0)
-    return float(np.nanmedian(cv_isi(spikes)))
+
+def renewal_cv(rates: np.ndarray, order: int, bin_size: float, rng: np.random.Generator,
+               trial_s: float = 2.0) -> float:
+    """Median over columns of the CV of ISI of one renewal neuron at that column's rates (Hz), with intervals taken
+    inside consecutive trials of ``trial_s`` seconds, as the student's are inside its 2 s evaluation chunks."""
+    cvs = []
+    for j in range(rates.shape[1]):
+        t = renewal_train(rates[:, j], order, bin_size, rng)[1]
+        isi = np.diff(t)[np.diff((t // trial_s).astype(np.int64)) == 0]
+        if len(isi) >= 3:
+            cvs.append(isi.std(ddof=1) / isi.mean())
+    return float(np.median(cvs)) if cvs else float("nan")
 
 
 def reference_scores(counts: np.ndarray, latents: np.ndarray, split: np.ndarray, bin_size: float,
                      cfg: StudentConfig, n_features: int, seed: int, gru_hidden: int = 0,
-                     gru_steps: int = 1000, poisson: tuple[int, ...] = (), poisson_gain: float = 1.0) -> dict:
+                     gru_steps: int = 1000, poisson: tuple[int, ...] = (), poisson_gain: float = 1.0,
+                     order: int = 1) -> dict:
     """Mean held-out canonical correlation of each reference model: {name: {"mean", "pairs", "features"}}, plus
     the linear model's null (``linear filters, null``: the teacher's latents circularly shifted in time)."""
     tr, te = blocks(split, cfg.burn_in)
@@ -176,12 +197,13 @@ def reference_scores(counts: np.ndarray, latents: np.ndarray, split: np.ndarray,
         out[f"trained GRU ({gru_hidden} units)"] = score(h.astype(np.float64), latents, tr, te, cfg.ridge)
         rng = np.random.default_rng(seed)
         rates = recode_rates(h.astype(np.float64), tr, poisson_gain)
-        cv = poisson_cv(rates[te], bin_size, rng) if poisson else None
+        cv = renewal_cv(rates[te], order, bin_size, rng) if poisson else None
+        kind = "Poisson" if order == 1 else f"gamma-{order}"
         for n in poisson:
             copies = max(n // gru_hidden, 1)
-            f = filtered_counts(poisson_counts(rates, copies, bin_size, rng), bin_size, cfg.readout_taus)
-            out[f"GRU as {copies * gru_hidden} Poisson neurons"] = {**score(f, latents, tr, te, cfg.ridge),
-                                                                    "cv_isi": cv}
+            f = filtered_counts(renewal_counts(rates, copies, order, bin_size, rng), bin_size, cfg.readout_taus)
+            out[f"GRU as {copies * gru_hidden} {kind} neurons"] = {**score(f, latents, tr, te, cfg.ridge),
+                                                                   "cv_isi": cv}
     return out
 
 
@@ -198,10 +220,15 @@ def main(argv=None) -> None:
                     help="with --gru: also score its code emitted by N Poisson neurons (multiples of HIDDEN)")
     ap.add_argument("--poisson-gain", type=float, default=1.0,
                     help="depth g of the log-normal rate modulation of the Poisson neurons (rate 10 exp(g z) Hz)")
+    ap.add_argument("--order", type=int, default=1,
+                    help="the neurons of --poisson as gamma renewal processes of this order (1 = Poisson; 4: CV 0.5 "
+                         "at a constant rate, more regular firing)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     if args.poisson and args.gru <= 0:
         ap.error("--poisson recodes the trained GRU: give --gru HIDDEN too")
+    if args.order < 1:
+        ap.error(f"--order must be >= 1 (1 = Poisson), got {args.order}")
     for d in [args.teacher, *args.student]:  # before minutes of features
         need = "latents.npz" if d == args.teacher else "readout.npz"
         if not (Path(d) / need).is_file():
@@ -211,7 +238,8 @@ def main(argv=None) -> None:
     latents = np.load(Path(args.teacher) / "latents.npz")["latents"].astype(np.float64)
     counts = np.asarray(ps.load_counts()[:], np.float64)
     scores = reference_scores(counts, latents, ps.split, ps.bin_size, cfg, args.features, args.seed,
-                              args.gru, args.gru_steps, tuple(args.poisson), args.poisson_gain)
+                              args.gru, args.gru_steps, tuple(args.poisson), args.poisson_gain,
+                              args.order)
     tr, te = blocks(ps.split, cfg.burn_in)
     for d in args.student:
         z = np.load(Path(d) / "readout.npz")["readout"].astype(np.float64)

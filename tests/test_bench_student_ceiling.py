@@ -64,18 +64,35 @@ def test_trained_gru_learns_a_folded_target_the_linear_relay_misses():
     assert gru > s["linear filters"]["mean"] + 0.25, s
 
 
+def test_renewal_neurons_have_their_interval_statistics_and_counts():
+    bench, rng = _bench(), np.random.default_rng(0)
+    flat = np.full((4000, 20), 10.0)  # 40 s at 10 Hz
+    assert bench.renewal_cv(flat, 1, 0.01, rng) == pytest.approx(1.0, abs=0.06)  # Poisson: CV 1
+    assert bench.renewal_cv(flat, 4, 0.01, rng) == pytest.approx(0.5, abs=0.04)  # gamma-4: 1 / sqrt(4)
+    for order in (1, 4):
+        counts = bench.renewal_counts(flat[:, :4], 8, order, 0.01, rng)
+        assert counts.mean() == pytest.approx(0.8, rel=0.05)
+        # 1 s windows: Fano factor 1 for Poisson, ~1 / order for a renewal process
+        per_s = counts.reshape(40, 100, 4).sum(1)
+        assert per_s.var() / per_s.mean() == pytest.approx(1 / order, rel=0.35)
+    # time rescaling is exact for bin-wise constant rates: a silent bin has no spike
+    rate = np.where(np.arange(400) % 2 == 0, 50.0, 0.0)
+    c, t = bench.renewal_train(rate, 4, 0.01, rng)
+    assert c[1::2].sum() == 0 and c[::2].sum() > 50
+    np.testing.assert_array_equal(np.histogram(t, bins=np.arange(401) * 0.01)[0], c)
+
+
 def test_poisson_recoding_has_poisson_statistics_and_its_noise_shrinks_with_more_neurons():
     bench, rng = _bench(), np.random.default_rng(0)
     flat = np.full((4000, 20), 10.0)
-    assert bench.poisson_cv(flat, 0.01, rng) == pytest.approx(1.0, abs=0.06)  # a Poisson process: CV 1
-    counts = bench.poisson_counts(flat, 8, 0.01, rng)
+    counts = bench.renewal_counts(flat, 8, 1, 0.01, rng)
     assert counts.mean() == pytest.approx(8 * 10 * 0.01, rel=0.03) and counts.var() == pytest.approx(0.8, rel=0.1)
     h = np.random.default_rng(1).normal(size=(4000, 5))
     rates = bench.recode_rates(h, np.ones(4000, bool), 1.0)
     assert np.median(rates) == pytest.approx(10 * np.exp(-0.5), rel=0.1)  # log-normal: median 10 e^{-g^2/2}
     # modulated rates make the intervals more variable than Poisson
     slow = np.repeat(bench.recode_rates(h[::20], np.ones(200, bool), 1.0), 20, axis=0)
-    assert bench.poisson_cv(slow, 0.01, rng) > 1.2
+    assert bench.renewal_cv(slow, 1, 0.01, rng) > 1.2
     # the recoded GRU of a real session: more neurons, less noise, a higher score (and never above the GRU itself)
     counts, drive, split = _session()
     s = bench.reference_scores(counts, np.cos(2 * drive), split, 0.01, StudentConfig(), 0, 0, gru_hidden=16,
