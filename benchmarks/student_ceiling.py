@@ -1,7 +1,7 @@
 """What non-spiking models of the student's own input reach on its CCA target (issue 17, docs/student.md).
 
     python benchmarks/student_ceiling.py PREPARED_DIR TEACHER_DIR [--student DIR ...] [--features 3000]
-        [--gru 320] [--gru-steps 1000] [--seed 0]
+        [--gru 320] [--gru-steps 1000] [--poisson 320 1280 ...] [--poisson-gain 1.0] [--order 1] [--seed 0]
 
 The student sees every recorded unit's counts and must carry the teacher's latents in its E spikes. Held-out CCA
 exactly as the student is scored (``StudentConfig`` ridge, directions fit on the train blocks after the burn-in,
@@ -38,9 +38,10 @@ import numpy as np
 from scipy.signal import lfilter
 
 from neurojepa.data.dataset import PreparedSession
+from neurojepa.data.intervals import Intervals
 from neurojepa.metrics.cca import circular_shift, heldout_cca
 from neurojepa.student.config import StudentConfig
-from neurojepa.student.evaluate import train_mask
+from neurojepa.student.evaluate import chunk_inputs, train_mask
 
 
 def filtered_counts(counts: np.ndarray, bin_size: float, taus) -> np.ndarray:
@@ -77,18 +78,7 @@ def score(feats: np.ndarray, latents: np.ndarray, train: np.ndarray, test: np.nd
 
 def window_starts(train: np.ndarray, length: int) -> np.ndarray:
     """Every t whose window [t, t + length) lies wholly in train rows (train: (n,) bool), ascending."""
-    inside = np.concatenate([[0], np.cumsum(train.astype(np.int64))])
-    t = np.arange(len(train) - length + 1)
-    return t[inside[t + length] - inside[t] == length]
-
-
-def chunk_rows(x: np.ndarray, starts: np.ndarray, chunk: int, burn_in: int) -> np.ndarray:
-    """(len(starts), burn_in + chunk, dims) rows [s - burn_in, s + chunk) of x, zero-padded at the session's ends."""
-    out = np.zeros((len(starts), burn_in + chunk, x.shape[1]), np.float32)
-    for i, s in enumerate(starts):
-        a, b = max(s - burn_in, 0), min(s + chunk, len(x))
-        out[i, a - (s - burn_in): b - (s - burn_in)] = x[a:b]
-    return out
+    return Intervals.runs(train).window_starts(length, 1)[0]
 
 
 def trained_gru(counts: np.ndarray, latents: np.ndarray, train: np.ndarray, cfg: StudentConfig, hidden: int,
@@ -128,7 +118,7 @@ def trained_gru(counts: np.ndarray, latents: np.ndarray, train: np.ndarray, cfg:
     with torch.no_grad():
         for s0 in range(0, len(x), 64 * cfg.eval_chunk):
             cs = np.arange(s0, min(s0 + 64 * cfg.eval_chunk, len(x)), cfg.eval_chunk)
-            h, _ = gru(torch.from_numpy(chunk_rows(x, cs, cfg.eval_chunk, cfg.burn_in)))
+            h, _ = gru(torch.from_numpy(chunk_inputs(x, cs, cfg.eval_chunk, cfg.burn_in)))
             for i, c in enumerate(cs):
                 n = min(cfg.eval_chunk, len(x) - c)
                 out[c:c + n] = h[i, cfg.burn_in:cfg.burn_in + n].numpy()

@@ -40,17 +40,23 @@ from .network import StudentNet
 log = logging.getLogger(__name__)
 
 
+def chunk_inputs(counts: np.ndarray, starts: np.ndarray, chunk: int, burn_in: int) -> np.ndarray:
+    """Rows [s - burn_in, s + chunk) of counts (n_bins, n_in) for each start s, zero-padded at the session's ends,
+    (len(starts), burn_in + chunk, n_in) float32: the causal evaluation chunks."""
+    n_bins = len(counts)
+    x = np.zeros((len(starts), burn_in + chunk, counts.shape[1]), np.float32)
+    for i, s in enumerate(starts):
+        a, b = max(s - burn_in, 0), min(s + chunk, n_bins)
+        x[i, a - (s - burn_in): b - (s - burn_in)] = counts[a:b]
+    return x
+
+
 def _run_chunks(net: StudentNet, counts: np.ndarray, starts: np.ndarray, chunk: int, burn_in: int,
                 record_currents: bool = False) -> dict[str, np.ndarray]:
     """Simulate chunks [s - burn_in, s + chunk) (zero-padded at the ends) in one batch; returns readout
     (B, chunk, D), the readout's input features (B, chunk, K * n_exc) and spikes (B, chunk * substeps, N) uint8,
     without the burn-in (and the input currents if asked)."""
-    n_bins, n_in = counts.shape
-    x = np.zeros((len(starts), burn_in + chunk, n_in), np.float32)
-    for i, s in enumerate(starts):
-        a, b = max(s - burn_in, 0), min(s + chunk, n_bins)
-        x[i, a - (s - burn_in): b - (s - burn_in)] = counts[a:b]
-    res = net.simulate(torch.from_numpy(x), record_currents=record_currents)
+    res = net.simulate(torch.from_numpy(chunk_inputs(counts, starts, chunk, burn_in)), record_currents=record_currents)
     k = burn_in * net.substeps
     out = {"readout": res["readout"][:, burn_in:].numpy(), "features": res["features"][:, burn_in:].numpy(),
            "spikes": res["spikes"][k:].permute(1, 0, 2).numpy()}
