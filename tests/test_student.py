@@ -1,6 +1,7 @@
 """The spiking student: fused network == snntorch reference, Dale invariant under training, homeostasis and
 spiking statistics against known answers, and distillation end to end on a tiny synthetic session."""
 
+import io
 import json
 
 import numpy as np
@@ -30,7 +31,9 @@ def _net(seed=0, **kw):
 
 
 @pytest.mark.parametrize("kw", [dict(adapt_strength=0.0, readout_taus=[0.05]),
-                                dict(adapt_strength=0.2, readout_taus=[0.01, 0.03, 0.1])])
+                                dict(adapt_strength=0.2, readout_taus=[0.01, 0.03, 0.1]),
+                                dict(adapt_strength=0.2, readout_taus=[0.01, 0.1], rec_rank=4),
+                                dict(rec_rank=3, dale=False)])
 def test_fast_network_equals_snntorch_reference(kw):
     net, x, _ = _net(**kw)
     grads, spikes = [], []
@@ -92,33 +95,78 @@ def test_refractory_gate_bounds_interspike_interval():
     assert _min_isi(free, x, 0.8) == 1
 
 
-def test_dale_holds_after_training_steps_and_init_is_balanced():
-    net, x, lat = _net()
-    sign = neuron_signs(net.n_exc, net.n_inh)
+def _check_radius_and_balance(net, rel):
+    """The spectral radius of W_rec / (1 - beta_E) is the configured one; rows are balanced: every neuron's expected
+    E input equals its expected I input (within rel, over the whole matrix)."""
     w = net.rec.weight.detach()
     rho = torch.linalg.eigvals(w.double() / (1 - net.beta[0].double())).abs().max().item()
     assert rho == pytest.approx(net.cfg.spectral_radius, rel=1e-4)
-    # balanced: every neuron's expected E input equals its expected I input
-    assert w[:, : net.n_exc].sum().item() == pytest.approx(-w[:, net.n_exc:].sum().item(), rel=0.2)
-    opt = torch.optim.SGD(net.parameters(), lr=50.0)  # huge steps: a penalty would be overrun, a parametrisation not
-    for _ in range(3):
+    assert w[:, : net.n_exc].sum().item() == pytest.approx(-w[:, net.n_exc:].sum().item(), rel=rel)
+
+
+def _huge_steps(net, x, lat, n=3):
+    """n SGD steps of lr 50: a penalty would be overrun by them, a parametrisation not."""
+    opt = torch.optim.SGD(net.parameters(), lr=50.0)
+    for _ in range(n):
         out = net(x)
         (-(out["readout"] * lat).sum() + out["spikes"].sum()).backward()
         opt.step()
         opt.zero_grad()
+
+
+def test_dale_holds_after_training_steps_and_init_is_balanced():
+    net, x, lat = _net()
+    sign = neuron_signs(net.n_exc, net.n_inh)
+    _check_radius_and_balance(net, rel=0.2)
+    _huge_steps(net, x, lat)
     assert dale_violations(net.rec.weight, sign) == 0
     assert (net.inp.weight >= 0).all() and (net.readout.weight >= 0).all()
     assert (net.rec.weight[:, net.n_exc:] <= 0).all() and (net.rec.weight[:, : net.n_exc] >= 0).all()
     assert net.readout.weight.shape[1] == net.n_exc * len(net.cfg.readout_taus)  # E neurons only, per filter
 
 
-def test_unconstrained_network_can_break_dale():
-    net, x, lat = _net(dale=False)
-    opt = torch.optim.SGD(net.parameters(), lr=50.0)
-    out = net(x)
-    (-(out["readout"] * lat).sum() + out["spikes"].sum()).backward()
-    opt.step()
-    assert dale_violations(net.rec.weight, neuron_signs(net.n_exc, net.n_inh)) > 0
+def test_low_rank_recurrence_keeps_dale_and_its_radius_and_matches_the_dense_product():
+    """rec_rank > 0: W = U V^T through E and I pools. Dale holds by the factors (also after huge steps), the radius
+    at init is the one asked for, the rows are balanced, and the scan's recurrent weight gradient equals the dense
+    gradient pulled back to the factors (dL/dU = dL/dW V, dL/dV = dL/dW^T U)."""
+    from neurojepa.student.network import _recurrent, _weight_grad
+
+    net, x, lat = _net(rec_rank=4)
+    w = net.rec.weight.detach()
+    assert torch.linalg.matrix_rank(w.double(), rtol=1e-5).item() == 8  # 4 E pools + 4 I pools (float32 product)
+    _check_radius_and_balance(net, rel=0.5)
+    u, v = net.recurrent_weights()
+    s = (torch.rand(5, 7, net.cfg.n_neurons) < 0.1).float()
+    torch.testing.assert_close(_recurrent(s[0], (u, v)), s[0] @ w.T)
+    g = torch.randn_like(s)
+    gu, gv = _weight_grad(g, s, (u, v))
+    gw = _weight_grad(g, s)
+    torch.testing.assert_close(gu, gw @ v, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(gv, gw.T @ u, rtol=1e-4, atol=1e-5)
+    _huge_steps(net, x, lat)
+    assert dale_violations(net.rec.weight, neuron_signs(net.n_exc, net.n_inh)) == 0
+    buf = io.BytesIO()
+    torch.save(net.state_dict(), buf)
+    again = StudentNet(20, 3, net.cfg, bin_size=0.01)
+    again.load_state_dict(torch.load(io.BytesIO(buf.getvalue()), weights_only=True))
+    assert torch.equal(again.rec.weight, net.rec.weight)
+    with pytest.raises(ValueError, match="p_connect"):
+        StudentConfig(rec_rank=4, p_connect=0.5)
+
+
+@pytest.mark.parametrize("rank", [0, 4])
+def test_unconstrained_network_can_break_dale(rank):
+    """One step that pushes every recurrent weight toward the wrong sign: the ablation's weights follow it, Dale's
+    parametrisation does not let them (dense, and low-rank through its factors)."""
+    for dale in (False, True):
+        net, _, _ = _net(dale=dale, rec_rank=rank)
+        w = net.rec.weight
+        (w[:, : net.n_exc].sum() - w[:, net.n_exc:].sum()).backward()
+        with torch.no_grad():  # the first parameter only (low-rank: U; flipping U and V together keeps W's sign)
+            p = next(net.rec.parameters())
+            p -= 1e4 * p.grad
+        violations = dale_violations(net.rec.weight, neuron_signs(net.n_exc, net.n_inh))
+        assert (violations == 0) if dale else (violations > 0)
 
 
 def test_adaptation_slows_firing_under_constant_drive():

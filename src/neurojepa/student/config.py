@@ -35,6 +35,7 @@ class StudentConfig:
     # constraints and initialisation
     dale: bool = True  # enforce Dale's principle by parametrisation (False: the unconstrained ablation)
     p_connect: float = 1.0  # fixed sparse recurrent connection mask when < 1
+    rec_rank: int = 0  # 0: dense recurrent weights; r > 0: W = U V^T through r excitatory and r inhibitory pools (Dale by the factors; O(N r) per step instead of O(N^2): for thousands of neurons)
     spectral_radius: float = 0.3  # of W_rec * tau_mem_exc / dt (the rate-level loop gain) at init
     input_gain: float = 0.3  # std of the input current fluctuation at init (per step, threshold units x 10)
     adapt_strength: float = 0.25  # spike-frequency adaptation of E neurons: steady current per Hz, in rheobases; 0 = off
@@ -81,6 +82,10 @@ class StudentConfig:
     def __post_init__(self):
         if not 0 <= self.ff_inhibition <= 1:
             raise ValueError(f"ff_inhibition must be in [0, 1] (1 = balanced), got {self.ff_inhibition}")
+        if self.rec_rank < 0:
+            raise ValueError(f"rec_rank must be >= 0 (0 = dense), got {self.rec_rank}")
+        if self.rec_rank > 0 and self.p_connect < 1:
+            raise ValueError("rec_rank > 0 (low-rank recurrence) cannot take a sparse mask: set p_connect = 1")
 
     @property
     def n_neurons(self) -> int:

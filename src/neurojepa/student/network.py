@@ -9,6 +9,9 @@ Math (snntorch ``Leaky`` with ``reset_mechanism="subtract"``, written out; one s
     U_t   = beta * U_{t-1} + I_t - theta * S_{t-1}              # subtractive reset, detached (as snntorch)
     S_t   = H(U_t - theta)                                      # surrogate gradient: fast sigmoid (default)
 
+W_rec is dense, or with ``rec_rank`` = r > 0 the low-rank product U V^T through r excitatory and r inhibitory pools
+(:class:`~neurojepa.student.dale.LowRankDale`): a step then costs O(N r) instead of O(N^2), which is what makes
+students of thousands of neurons trainable on a CPU (docs/student.md, session 15).
 beta = exp(-dt / tau_mem) per neuron (20 ms E, 10 ms I); xi: private background noise (white or Ornstein-Uhlenbeck);
 rho = exp(-dt / adapt_tau), b_adapt from ``adapt_strength`` (0 = no adaptation, the A term drops out). The readout
 sees only E spikes: per-bin E spike counts are low-pass filtered (exponential, one copy per ``readout_taus`` entry)
@@ -55,7 +58,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .config import StudentConfig
-from .dale import MaskOnly, apply_dale, balanced_recurrent, connection_mask, neuron_signs
+from .dale import LowRankDale, MaskOnly, apply_dale, balanced_recurrent, connection_mask, neuron_signs
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +72,15 @@ def _surrogate_grad(v: torch.Tensor, kind: str, slope: float) -> torch.Tensor:
     raise ValueError(f"unknown surrogate '{kind}' (fast_sigmoid | atan)")
 
 
+def _recurrent(s: torch.Tensor, w) -> torch.Tensor:
+    """W s for spikes s (B, N): w is the dense (N, N) matrix or low-rank factors (U, V) with W = U V^T, applied as
+    U (V^T s) (the same operations as :meth:`LowRankDale.forward`, so spikes stay identical to the reference)."""
+    return F.linear(s @ w[1], w[0]) if isinstance(w, tuple) else F.linear(s, w)
+
+
 def _scan_forward(x, w, beta, theta, n_ref, keep: bool = True, adapt=None):
     """No-grad LIF time loop. x: (T, B, N) input currents -> spikes, membrane (pre-reset U_t), gates, each (T, B, N).
+    w: dense (N, N) recurrent weights or low-rank factors (U, V) (see :func:`_recurrent`).
     adapt: None or (rho, b) with b (N,): adaptation current A_t = rho A_{t-1} + b S_{t-1}, subtracted from the input.
 
     Written for few ops per step, all in preallocated buffers; the float operations and their order are exactly
@@ -87,7 +97,7 @@ def _scan_forward(x, w, beta, theta, n_ref, keep: bool = True, adapt=None):
     a = x.new_zeros(B, N) if adapt is not None else None
     one = x.new_ones(())
     for t, xt in enumerate(x.unbind(0)):
-        inp = torch.add(xt, F.linear(s, w))
+        inp = torch.add(xt, _recurrent(s, w))
         if a is not None:  # s is 0/1, so s * b is exact: same rounding as the reference's a * rho + s * b
             a.mul_(adapt[0]).addcmul_(s, adapt[1])
             inp.sub_(a)
@@ -103,7 +113,8 @@ def _scan_forward(x, w, beta, theta, n_ref, keep: bool = True, adapt=None):
 
 
 def _scan_backward(grad_spikes, spikes, mem, gates, w, beta, theta, surrogate, slope):
-    """Hand-written BPTT of :func:`_scan_forward` -> (grad wrt the input currents x, grad wrt w)."""
+    """Hand-written BPTT of :func:`_scan_forward` -> (grad wrt the input currents x, grad wrt w: a tensor, or a
+    tuple (grad U, grad V) for low-rank factors)."""
     T = spikes.shape[0]
     # d spike/d U for every step at once (one vectorised op instead of T small ones)
     sg = _surrogate_grad(mem - theta, surrogate, slope)
@@ -112,16 +123,21 @@ def _scan_backward(grad_spikes, spikes, mem, gates, w, beta, theta, surrogate, s
     g_u = torch.zeros_like(mem[0])  # dL/dU_{t+1}
     for t in range(T - 1, -1, -1):
         # through the readout, and through W_rec S_t -> I_{t+1}; the reset term is detached, as in snntorch
-        g_s = torch.addmm(grad_spikes[t], g_inp, w)
+        g_s = (torch.addmm(grad_spikes[t], g_inp @ w[0], w[1].T) if isinstance(w, tuple)
+               else torch.addmm(grad_spikes[t], g_inp, w))
         g_u = g_s.mul_(sg[t]).addcmul_(beta, g_u)
         g_inp = torch.mul(g_u, gates[t], out=grad_x[t])
-    return grad_x, _weight_grad(grad_x, spikes)
+    return grad_x, _weight_grad(grad_x, spikes, w)
 
 
-def _weight_grad(grad_x: torch.Tensor, spikes: torch.Tensor) -> torch.Tensor:
-    """dL/dW_rec from every step at once: I_{t+1} gets W S_t, so one (N, T*B) x (T*B, N) product."""
+def _weight_grad(grad_x: torch.Tensor, spikes: torch.Tensor, w=None):
+    """dL/dW_rec from every step at once: I_{t+1} gets W S_t, so one (N, T*B) x (T*B, N) product; for low-rank
+    factors w = (U, V) (W = U V^T) the two thin products dL/dU = G^T (S V) and dL/dV = S^T (G U)."""
     n = spikes.shape[-1]
-    return grad_x[1:].reshape(-1, n).T @ spikes[:-1].reshape(-1, n)
+    g, s = grad_x[1:].reshape(-1, n), spikes[:-1].reshape(-1, n)
+    if isinstance(w, tuple):
+        return g.T @ (s @ w[1]), s.T @ (g @ w[0])
+    return g.T @ s
 
 
 # One step's element-wise work as one CUDA kernel each way (jiterator: compiled at run time by NVRTC), for the
@@ -234,7 +250,9 @@ def _replay(key, fn, inputs):
 
 class _LIFScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, w, beta, theta, n_ref, surrogate, slope, adapt, graphed):
+    def forward(ctx, x, w, beta, theta, n_ref, surrogate, slope, adapt, graphed, v=None):
+        # v given: w is U and (U, V) are low-rank factors (W = U V^T); these run eagerly, not as CUDA graphs
+        graphed = graphed and v is None
         if graphed:
             rho = None if adapt is None else adapt[0]
             args = (x.contiguous(), w.contiguous(), beta) + (() if adapt is None else (adapt[1],))
@@ -253,15 +271,19 @@ class _LIFScan(torch.autograd.Function):
                 _disable_step_kernels(e)
                 return _LIFScan.forward(ctx, x, w, beta, theta, n_ref, surrogate, slope, adapt, graphed)
         else:
-            spikes, mem, gates = _scan_forward(x, w, beta, theta, n_ref, adapt=adapt)
-        ctx.save_for_backward(spikes, mem, gates, w, beta)
+            spikes, mem, gates = _scan_forward(x, w if v is None else (w, v), beta, theta, n_ref, adapt=adapt)
+        ctx.save_for_backward(spikes, mem, gates, w, beta, v)
         ctx.theta, ctx.surrogate, ctx.slope, ctx.graphed = theta, surrogate, slope, graphed
         ctx.kernels = graphed and STEP_KERNELS and surrogate == "fast_sigmoid"
         return spikes
 
     @staticmethod
     def backward(ctx, grad_spikes):
-        spikes, mem, gates, w, beta = ctx.saved_tensors
+        spikes, mem, gates, w, beta, v = ctx.saved_tensors
+        if v is not None:
+            grad_x, (grad_u, grad_v) = _scan_backward(grad_spikes.contiguous(), spikes, mem, gates, (w, v), beta,
+                                                      ctx.theta, ctx.surrogate, ctx.slope)
+            return grad_x, grad_u, None, None, None, None, None, None, None, grad_v
         args = (grad_spikes.contiguous(), spikes, mem, gates, w, beta)
         if ctx.graphed:
             key = ("bwd", ctx.kernels, ctx.theta, ctx.surrogate, ctx.slope) + _signature(args)
@@ -269,16 +291,17 @@ class _LIFScan(torch.autograd.Function):
             grad_x, grad_w = _replay(key, lambda *a: scan(*a, ctx.theta, ctx.surrogate, ctx.slope), args)
         else:
             grad_x, grad_w = _scan_backward(*args, ctx.theta, ctx.surrogate, ctx.slope)
-        return grad_x, grad_w, None, None, None, None, None, None, None
+        return grad_x, grad_w, None, None, None, None, None, None, None, None
 
 
-def lif_scan(x: torch.Tensor, w: torch.Tensor, beta: torch.Tensor, theta: float, n_ref: int, surrogate: str,
+def lif_scan(x: torch.Tensor, w, beta: torch.Tensor, theta: float, n_ref: int, surrogate: str,
              slope: float, adapt=None, cuda_graphs: bool = True) -> torch.Tensor:
     """Fused recurrent LIF. x: (T, B, N) input currents (threshold units per step), w: (N, N) recurrent weights
-    (post, pre), beta: (N,), adapt: None or (rho, b (N,)) spike-frequency adaptation (detached, like the reset).
+    (post, pre) or low-rank factors (U, V) with W = U V^T (differentiable wrt both; not graphed), beta: (N,), adapt: None or (rho, b (N,)) spike-frequency adaptation (detached, like the reset).
     Returns spikes (T, B, N) of 0/1, differentiable wrt x and w (surrogate gradient). On a GPU the forward and
     backward loops replay as CUDA graphs (captured once per shape) unless cuda_graphs is False."""
-    return _LIFScan.apply(x, w, beta, theta, n_ref, surrogate, slope, adapt, bool(cuda_graphs and x.is_cuda))
+    u, v = w if isinstance(w, tuple) else (w, None)
+    return _LIFScan.apply(x, u, beta, theta, n_ref, surrogate, slope, adapt, bool(cuda_graphs and x.is_cuda), v)
 
 
 def _raw_weight(linear: nn.Linear) -> torch.Tensor:
@@ -326,27 +349,35 @@ class StudentNet(nn.Module):
         self.register_buffer("input_ref", torch.zeros(()))
 
         self.inp = nn.Linear(n_in, n)
-        self.rec = nn.Linear(n, n, bias=False)
+        self.rec = nn.Linear(n, n, bias=False) if cfg.rec_rank <= 0 else None
         self.readout = nn.Linear(n_feat, n_out)
-        mask = connection_mask(n, n, cfg.p_connect, gen)
+        mask = connection_mask(n, n, cfg.p_connect, gen) if self.rec is not None else None
         with torch.no_grad():
             self.inp.weight.copy_(torch.randn(n, n_in, generator=gen).abs() / math.sqrt(n_in))
             self.inp.bias.zero_()
             # a spike adds w to U, which then decays with beta: its integrated effect is w / (1 - beta_E), so the
             # radius that matters for stability is that of W / (1 - beta_E) (spectral_radius, ~1 = edge of chaos)
             rho = cfg.spectral_radius * (1 - math.exp(-cfg.dt / cfg.tau_mem_exc))
-            self.rec.weight.copy_(balanced_recurrent(cfg.n_exc, cfg.n_inh, rho, mask, gen))
+            if self.rec is None:  # low-rank pooled connectivity, Dale by its factors (dale.LowRankDale)
+                self.rec = LowRankDale(cfg.n_exc, cfg.n_inh, cfg.rec_rank, rho, gen, dale=cfg.dale)
+            else:
+                self.rec.weight.copy_(balanced_recurrent(cfg.n_exc, cfg.n_inh, rho, mask, gen))
             self.readout.weight.copy_(torch.rand(n_out, n_feat, generator=gen) / math.sqrt(n_feat))
             self.readout.bias.zero_()
         if cfg.dale:
             apply_dale(self.inp, torch.ones(n_in))  # recorded spikes act as excitatory afferents
-            apply_dale(self.rec, self.sign, mask)
+            if isinstance(self.rec, nn.Linear):
+                apply_dale(self.rec, self.sign, mask)
             apply_dale(self.readout, torch.ones(n_feat))  # long-range output is excitatory, E only
         elif mask is not None:
             parametrize.register_parametrization(self.rec, "weight", MaskOnly(mask))
         self._ref_lif = None
 
     # ----------------------------------------------------------------------------------------- pieces
+    def recurrent_weights(self):
+        """What the scan takes: the dense (N, N) matrix, or the low-rank factors (U, V) when ``rec_rank`` > 0."""
+        return self.rec.factors() if isinstance(self.rec, LowRankDale) else self.rec.weight
+
     def _adapt(self):
         """(rho, b (N,)) for the scan, or None without adaptation."""
         return (self.adapt_rho, self.adapt_b) if self.cfg.adapt_strength > 0 else None
@@ -442,7 +473,7 @@ class StudentNet(nn.Module):
         readout (B, bins, n_out)."""
         cfg = self.cfg
         x = self.input_current(counts)
-        spikes = lif_scan(x, self.rec.weight, self.beta, cfg.threshold, self.n_ref, cfg.surrogate, cfg.surrogate_slope,
+        spikes = lif_scan(x, self.recurrent_weights(), self.beta, cfg.threshold, self.n_ref, cfg.surrogate, cfg.surrogate_slope,
                           self._adapt(), cfg.cuda_graphs)
         return {"spikes": spikes, "readout": self.readout_from_spikes(spikes)}
 
@@ -488,7 +519,7 @@ class StudentNet(nn.Module):
         record_currents, the E and I synaptic input currents (T, B, N) that each neuron received (gated)."""
         cfg = self.cfg
         x = self.input_current(counts, torch.Generator().manual_seed(cfg.seed + 1))  # reproducible noise
-        w = self.rec.weight
+        w = self.recurrent_weights()
         spikes, _, gates = _scan_forward(x, w, self.beta, cfg.threshold, self.n_ref, keep=record_currents,
                                          adapt=self._adapt())
         feats = self.filtered_exc(spikes)
@@ -497,8 +528,13 @@ class StudentNet(nn.Module):
             prev = torch.cat([torch.zeros_like(spikes[:1]), spikes[:-1]])
             ne = self.n_exc
             ff = self.feedforward_inhibition(counts) if cfg.ff_inhibition > 0 else 0.0
-            res["i_exc"] = gates * (x + ff + prev[..., :ne] @ w[:, :ne].T)
-            res["i_inh"] = gates * (prev[..., ne:] @ w[:, ne:].T - ff)
+            if isinstance(w, tuple):  # through the pools: E neurons send to the E pools only, I to the I ones
+                u, v = w
+                rec_e, rec_i = (prev[..., :ne] @ v[:ne]) @ u.T, (prev[..., ne:] @ v[ne:]) @ u.T
+            else:
+                rec_e, rec_i = prev[..., :ne] @ w[:, :ne].T, prev[..., ne:] @ w[:, ne:].T
+            res["i_exc"] = gates * (x + ff + rec_e)
+            res["i_inh"] = gates * (rec_i - ff)
         return res
 
     @torch.no_grad()
