@@ -9,7 +9,12 @@ with one fused kernel per step (``network.STEP_KERNELS``; both together are the 
     .venv/bin/python benchmarks/student_speed.py [--neurons 320] [--batch 32] [--bins 40] [--units 300]
     python benchmarks/student_speed.py --device cuda --neurons 320 4096 16384 --out speed.json
 
-``--neurons`` is the population size, split 4:1 into E and I like the default (256 + 64 = 320).
+``--neurons`` is the population size, split 4:1 into E and I like the default (256 + 64 = 320). ``--rank R`` also
+times, at every size, the student with low-rank recurrence (``rec_rank = R``: W = U V^T through R excitatory and R
+inhibitory pools) against its own snntorch loop (the same check of spikes and gradients), and prints how much faster
+its fused step is than the dense one's:
+
+    .venv/bin/python benchmarks/student_speed.py --neurons 320 1280 4096 --rank 32 --repeats 3
 
 The fused path saves (a) the per-step input projection (computed once per 10 ms bin instead of per 1 ms step) --
 shared by both here, since both use ``StudentNet.input_current`` --, (b) the autograd graph of T small steps: its
@@ -79,9 +84,9 @@ def profile(net: StudentNet, fwd, x, target, rows: int = 12) -> None:
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=rows, max_name_column_width=60))
 
 
-def bench_size(n_neurons: int, args) -> dict:
+def bench_size(n_neurons: int, args, rank: int = 0) -> dict:
     n_inh = n_neurons // 5
-    cfg = dataclasses.replace(StudentConfig(), n_exc=n_neurons - n_inh, n_inh=n_inh)
+    cfg = dataclasses.replace(StudentConfig(), n_exc=n_neurons - n_inh, n_inh=n_inh, rec_rank=rank)
     counts, lat, _ = synthetic_session(args.units, args.batch * args.bins, 16, seed=0)
     x = torch.tensor(counts.reshape(args.batch, args.bins, args.units).astype(np.float32), device=args.device)
     target = torch.tensor(lat.reshape(args.batch, args.bins, 16), device=args.device)
@@ -91,7 +96,7 @@ def bench_size(n_neurons: int, args) -> dict:
     paths = _paths(net, args.device)
 
     ref_spikes, ref_grads = _step(net, paths["snntorch"], x, target)  # also the warm-up (and graph capture)
-    row = {"neurons": n_neurons, "n_exc": cfg.n_exc, "n_inh": cfg.n_inh, "batch": args.batch,
+    row = {"neurons": n_neurons, "n_exc": cfg.n_exc, "n_inh": cfg.n_inh, "rec_rank": rank, "batch": args.batch,
            "lif_steps": args.bins * net.substeps, "inputs": args.units, "device": args.device,
            "mean_rate_hz": ref_spikes.float().mean().item() / cfg.dt, "spikes": int(ref_spikes.sum()), "paths": {}}
     for name, fwd in list(paths.items()):
@@ -142,6 +147,7 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--out", help="also write the results as JSON here")
     ap.add_argument("--profile", type=int, default=0, help="GPU: print the kernels of one step at this size")
+    ap.add_argument("--rank", type=int, default=0, help="also time low-rank recurrence of this rank (rec_rank)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -151,11 +157,15 @@ def main(argv=None) -> int:
     print(f"student training step (forward + backward), {where}, torch {torch.__version__}: batch {args.batch}, "
           f"{args.bins * 10} LIF steps of 1 ms, {args.units} inputs; median of {args.repeats}")
     rows, ok = [], True
-    for n in args.neurons:
-        row = bench_size(n, args)
+    for n, rank in ((n, r) for n in args.neurons for r in ([0, args.rank] if args.rank > 0 else [0])):
+        row = bench_size(n, args, rank)
         rows.append(row)
-        print(f"\n{row['n_exc']}E+{row['n_inh']}I neurons, mean rate {row['mean_rate_hz']:.1f} Hz, "
+        kind = f", low-rank recurrence (rank {rank})" if rank else ""
+        print(f"\n{row['n_exc']}E+{row['n_inh']}I neurons{kind}, mean rate {row['mean_rate_hz']:.1f} Hz, "
               f"{row['spikes']} spikes")
+        if rank and "ms" in rows[-2]["paths"].get("fused", {}) and "ms" in row["paths"].get("fused", {}):
+            row["fused_speedup_over_dense"] = rows[-2]["paths"]["fused"]["ms"] / row["paths"]["fused"]["ms"]
+            print(f"  fused step {row['fused_speedup_over_dense']:.2f}x faster than the dense network's")
         for name, r in row["paths"].items():
             if "error" in r:
                 ok = False
