@@ -12,8 +12,9 @@ from neurojepa.student.nir_export import export_nir, student_to_nir
 from neurojepa.student.train import save_student
 
 
-def test_nir_round_trip_types_shapes_and_signs(tmp_path):
-    cfg = StudentConfig(n_exc=12, n_inh=3, seed=3, readout_taus=[0.05], ff_inhibition=0.5)
+@pytest.mark.parametrize("rank", [0, 2])  # dense, and low-rank recurrence exported as its dense product
+def test_nir_round_trip_types_shapes_and_signs(tmp_path, rank):
+    cfg = StudentConfig(n_exc=12, n_inh=3, seed=3, readout_taus=[0.05], ff_inhibition=0.5, rec_rank=rank)
     net = StudentNet(7, 4, cfg, bin_size=0.01)
     save_config(cfg, tmp_path / "config.yaml")
     save_student(net, tmp_path / "student.pt")

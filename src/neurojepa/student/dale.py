@@ -127,7 +127,7 @@ class LowRankDale(nn.Module):
     circuit (Mastrogiuseppe & Ostojic 2018), is also what makes a network of thousands of neurons cheap: a step
     costs two (B, N) x (N, 2r) products instead of one (B, N) x (N, N), and the recurrent weight gradient is two
     thin products (``student/network.py``). With ``dale=False`` (the unconstrained ablation) ``U`` and ``V`` take
-    any sign and no block structure.
+    any sign (the pools keep their members), so W's columns may take either sign.
 
     Initialisation as :func:`balanced_recurrent`: exponential magnitudes, the I pools' presynaptic weights scaled
     by ``1 / n_inh`` and the E pools' by ``1 / n_exc`` (every row's expected E and I input equal), then ``U`` and
@@ -156,9 +156,7 @@ class LowRankDale(nn.Module):
         row[n_exc:] = 1.0 / max(n_inh, 1)
         rho = torch.linalg.eigvals(((v * row * block).T @ u).double()).abs().max().item()
         scale = math.sqrt(spectral_radius / rho) if rho > 0 else 1.0
-        # the parameters stay O(1) at any size and fixed scales carry the size dependence, so that an optimiser
-        # step changes the weights by the same relative amount at 320 or 4,096 neurons
-        self.register_buffer("u_scale", torch.tensor(1.0))
+        # V's 1 / n factors (and the pools' membership and sign) as a fixed buffer: see "Size" above
         self.register_buffer("v_scale", row * block)
         self.u_raw = nn.Parameter(u * scale)
         self.v_raw = nn.Parameter(v * scale * (block.abs() if dale else block.sign()))
@@ -166,8 +164,8 @@ class LowRankDale(nn.Module):
     def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(U, V) with the constraint applied: W = U @ V.T."""
         if not self.dale:
-            return self.u_raw * self.u_scale, self.v_raw * self.v_scale.abs()
-        return self.u_raw.abs() * self.u_scale, self.v_raw.abs() * self.v_scale
+            return self.u_raw, self.v_raw * self.v_scale.abs()
+        return self.u_raw.abs(), self.v_raw.abs() * self.v_scale
 
     @property
     def weight(self) -> torch.Tensor:

@@ -297,7 +297,8 @@ class _LIFScan(torch.autograd.Function):
 def lif_scan(x: torch.Tensor, w, beta: torch.Tensor, theta: float, n_ref: int, surrogate: str,
              slope: float, adapt=None, cuda_graphs: bool = True) -> torch.Tensor:
     """Fused recurrent LIF. x: (T, B, N) input currents (threshold units per step), w: (N, N) recurrent weights
-    (post, pre) or low-rank factors (U, V) with W = U V^T (differentiable wrt both; not graphed), beta: (N,), adapt: None or (rho, b (N,)) spike-frequency adaptation (detached, like the reset).
+    (post, pre) or low-rank factors (U, V) with W = U V^T (differentiable wrt both; never graphed), beta: (N,),
+    adapt: None or (rho, b (N,)) spike-frequency adaptation (detached, like the reset).
     Returns spikes (T, B, N) of 0/1, differentiable wrt x and w (surrogate gradient). On a GPU the forward and
     backward loops replay as CUDA graphs (captured once per shape) unless cuda_graphs is False."""
     u, v = w if isinstance(w, tuple) else (w, None)
