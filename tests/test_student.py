@@ -12,7 +12,8 @@ from neurojepa.errors import InputError
 from neurojepa.metrics import spiking
 from neurojepa.student.config import StudentConfig
 from neurojepa.student.dale import dale_violations, neuron_signs
-from neurojepa.student.homeostasis import band_penalty, rates_hz
+from neurojepa.student.homeostasis import band_penalty, rates_by_group, rates_hz
+from neurojepa.student.module import StudentModule
 from neurojepa.student.network import StudentNet
 from neurojepa.synthetic.toy import synthetic_session
 
@@ -232,6 +233,44 @@ def test_band_penalty_known_values():
     s = torch.zeros(1000, 2, 3)
     s[::100, :, 0] = 1  # one spike per 100 ms
     assert rates_hz(s, 0.001, per_window=False).tolist() == pytest.approx([10.0, 0.0, 0.0])
+
+
+def test_per_state_rates_against_a_naive_loop_and_what_the_penalty_sees():
+    rng = np.random.default_rng(0)
+    s = torch.from_numpy((rng.random((50, 6, 4)) < 0.02).astype(np.float32))
+    groups = torch.tensor([2, 0, 2, 2, 5, 0])
+    naive = [s.numpy()[:, groups.numpy() == g].mean(axis=(0, 1)) / 0.002 for g in (0, 2, 5)]
+    np.testing.assert_allclose(rates_by_group(s, 0.002, groups).numpy(), np.stack(naive), rtol=1e-6)
+    # a neuron silent in one state and at 20 Hz in the other: in band on the mix (10 Hz), out of it per state
+    two = torch.zeros(1000, 4, 1)
+    two[::50, 2:] = 1
+    codes = torch.tensor([0, 0, 1, 1])
+    assert band_penalty(rates_hz(two, 0.001, per_window=False), 5.0, 20.0).item() == 0.0
+    assert band_penalty(rates_by_group(two, 0.001, codes), 5.0, 20.0).item() == pytest.approx(25 / 2)
+    with pytest.raises(ValueError, match="exclude"):
+        StudentConfig(homeostasis_per_state=True, homeostasis_per_window=True)
+
+
+def test_per_state_homeostasis_reads_the_batch_states():
+    """The module's band term pools rates per state only with ``homeostasis_per_state`` and states given; with one
+    state in the batch it is the pooled term."""
+    torch.manual_seed(0)
+    cfg = StudentConfig(n_exc=16, n_inh=4, homeostasis_per_state=True, noise_std=0.0)
+    net = StudentNet(10, 3, cfg, bin_size=0.01)
+    x = torch.rand(4, cfg.burn_in + 6, 10) * 3
+    x[2:] *= 0.2  # the second state's windows get far less input: their neurons fire less
+    lat = torch.randn(4, cfg.burn_in + 6, 3)
+    net.calibrate_bias(x[:2])
+    pooled = StudentModule(net, StudentConfig(n_exc=16, n_inh=4, noise_std=0.0))
+    per = StudentModule(net, cfg)
+    with torch.no_grad():
+        mixed = torch.tensor([0, 0, 1, 1])
+        b_pooled = pooled.losses(x, lat, mixed)["band"].item()
+        b_state = per.losses(x, lat, mixed)["band"].item()
+        assert b_state > b_pooled  # the mix hides what each state does
+        one = torch.zeros(4, dtype=torch.int64)
+        assert per.losses(x, lat, one)["band"].item() == pytest.approx(b_pooled, rel=1e-6)
+        assert per.losses(x, lat, None)["band"].item() == pytest.approx(b_pooled, rel=1e-6)
 
 
 def test_spiking_statistics_known_answers():

@@ -53,6 +53,7 @@ class StudentConfig:
     rate_low_inh_hz: float = 10.0  # lower edge of the band for I neurons in the penalty (Hz; fast-spiking cells fire above E); 0 = rate_low_hz
     homeostasis_weight: float = 1.5  # per Hz^2, mean over neurons
     homeostasis_per_window: bool = False  # rates per batch window (bounds modulation depth) or pooled over the batch
+    homeostasis_per_state: bool = False  # rates pooled over each brain state's windows of the batch, every state in the band (not only their mix)
     rate_floor_hz: float = 0.0  # per-window lower rate bound (Hz, weight homeostasis_weight); 0 = off
     burst_weight: float = 4.0  # penalty on the fraction of spikes beyond one per neuron per bin (bursts); 0 = off
     l1_weight: float = 0.0  # optional L1 weight sparsity penalty
@@ -84,6 +85,8 @@ class StudentConfig:
             raise ValueError(f"ff_inhibition must be in [0, 1] (1 = balanced), got {self.ff_inhibition}")
         if self.rec_rank < 0:
             raise ValueError(f"rec_rank must be >= 0 (0 = dense), got {self.rec_rank}")
+        if self.homeostasis_per_state and self.homeostasis_per_window:
+            raise ValueError("homeostasis_per_state and homeostasis_per_window exclude each other (a window has one state)")
         if self.rec_rank > 0 and self.p_connect < 1:
             raise ValueError("rec_rank > 0 (low-rank recurrence) cannot take a sparse mask: set p_connect = 1")
 

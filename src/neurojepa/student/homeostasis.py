@@ -10,6 +10,11 @@ loss. A mean (not a sum) over neurons keeps the weight independent of the networ
 With ``per_window`` each window of the batch (default 320 ms) must stay in the band, not only the batch average:
 this also bounds how deeply the input modulates a neuron's rate, which keeps the CV of its inter-spike intervals
 near 1 instead of alternating bursts and silences (measured: CV 1.8 with pooled rates on the synthetic session).
+
+With ``per_state`` the windows of each brain state in the batch are pooled apart (:func:`rates_by_group`) and every
+state's rates must lie in the band, the mean over the states present: a neuron may not fire at 2 Hz in one state
+and 15 Hz in the other and count as in band on their mix. Per window bounds the rate every 320 ms; per state only
+every state's mean, which leaves the within-state modulation the CCA term uses (docs/student.md, session 16).
 """
 
 from __future__ import annotations
@@ -21,6 +26,16 @@ def rates_hz(spikes: torch.Tensor, dt: float, per_window: bool) -> torch.Tensor:
     """spikes: (T, B, N) of 0/1 at step dt (s) -> mean rate in Hz (differentiable): (N,) pooled over the batch, or
     (B, N), one rate per window of the batch with ``per_window``."""
     return spikes.mean(dim=0 if per_window else (0, 1)) / dt
+
+
+def rates_by_group(spikes: torch.Tensor, dt: float, groups: torch.Tensor) -> torch.Tensor:
+    """spikes: (T, B, N) of 0/1 at step dt (s), groups: (B,) integer labels of the windows -> (G, N) mean rate in Hz
+    of each label present (in sorted label order), pooled over its windows and their steps (differentiable)."""
+    _, inverse, n = torch.unique(groups, return_inverse=True, return_counts=True)
+    per_window = spikes.mean(dim=0)  # (B, N)
+    sums = torch.zeros(len(n), per_window.shape[1], dtype=per_window.dtype, device=per_window.device)
+    sums = sums.index_add(0, inverse.to(per_window.device), per_window)
+    return sums / n.to(sums.dtype).unsqueeze(1) / dt
 
 
 def band_penalty(rates: torch.Tensor, low: float | torch.Tensor, high: float) -> torch.Tensor:
