@@ -109,14 +109,14 @@ def test_student_2ms_preset_steps_the_student_at_2_ms():
 
 
 def test_student_large_preset_is_the_low_rank_1280_neuron_student():
-    """`student_large` changes the student only: 1,024 E + 256 I neurons, rank-32 recurrence, student_2ms's step
-    and feed-forward inhibition, 1,200 steps, a 4 ms refractory period, noise 0.1 and a 3 Hz per-window floor."""
+    """`student_large` changes the student only: 1,024 E + 256 I neurons, rank-32 recurrence, student_2ms's step,
+    balanced feed-forward inhibition, 1,200 steps, a 4 ms refractory period, noise 0.1 and a 3 Hz per-window floor."""
     from neurojepa.pipeline import load_run_config
     from neurojepa.student.network import StudentNet
 
     cfg, default = load_run_config("student_large"), load_run_config(None)
     s = cfg.student
-    assert (s.n_exc, s.n_inh, s.rec_rank, s.dt, s.ff_inhibition, s.max_steps) == (1024, 256, 32, 0.002, 0.5, 1200)
+    assert (s.n_exc, s.n_inh, s.rec_rank, s.dt, s.ff_inhibition, s.max_steps) == (1024, 256, 32, 0.002, 1.0, 1200)
     assert (s.refractory, s.noise_std, s.rate_floor_hz) == (0.004, 0.1, 3.0)
     assert cfg.teacher == default.teacher and cfg.simulate == default.simulate
     net = StudentNet(5, 2, s, bin_size=0.01)

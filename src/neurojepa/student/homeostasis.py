@@ -32,10 +32,10 @@ def rates_by_group(spikes: torch.Tensor, dt: float, groups: torch.Tensor) -> tor
     """spikes: (T, B, N) of 0/1 at step dt (s), groups: (B,) integer labels of the windows -> (G, N) mean rate in Hz
     of each label present (in sorted label order), pooled over its windows and their steps (differentiable)."""
     _, inverse, n = torch.unique(groups, return_inverse=True, return_counts=True)
-    per_window = spikes.mean(dim=0)  # (B, N)
+    per_window = rates_hz(spikes, dt, per_window=True)  # (B, N) Hz
     sums = torch.zeros(len(n), per_window.shape[1], dtype=per_window.dtype, device=per_window.device)
     sums = sums.index_add(0, inverse.to(per_window.device), per_window)
-    return sums / n.to(sums.dtype).unsqueeze(1) / dt
+    return sums / n.to(sums.dtype).unsqueeze(1)
 
 
 def band_penalty(rates: torch.Tensor, low: float | torch.Tensor, high: float) -> torch.Tensor:
