@@ -2,6 +2,7 @@
 
     python benchmarks/student_ceiling.py PREPARED_DIR TEACHER_DIR [--student DIR ...] [--features 3000]
         [--gru 320] [--gru-steps 1000] [--poisson 320 1280 ...] [--poisson-gain 1.0] [--order 1] [--seed 0]
+        [--bands 0.5 2 8]
 
 The student sees every recorded unit's counts and must carry the teacher's latents in its E spikes. Held-out CCA
 exactly as the student is scored (``StudentConfig`` ridge, directions fit on the train blocks after the burn-in,
@@ -25,6 +26,10 @@ correlations on the test blocks, mean over the teacher's dims), for reference mo
   against the firing the student must keep.
 - each ``--student DIR``: its saved ``readout.npz``, scored here by the same code (equals its ``cca_heldout_mean``).
 
+``--bands F1 F2 ...`` (Hz) adds where each model's gap sits in time scale: the same held-out CCA with its features
+and the teacher's latents both band-passed into < F1, F1-F2, ..., > Fk Hz (zero-phase 4th-order Butterworth over the
+whole session, so an analysis, not a causal readout; :func:`band_scores`).
+
 Memory: the feature matrix is bins x (units x filters + features) float64 (~8 GB for the default session at 3,000
 features); ``--features 0`` skips the random features.
 """
@@ -35,7 +40,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from scipy.signal import lfilter
+from scipy.signal import butter, lfilter, sosfiltfilt
 
 from neurojepa.data.dataset import PreparedSession
 from neurojepa.data.intervals import Intervals
@@ -70,10 +75,43 @@ def blocks(split: np.ndarray, burn_in: int) -> tuple[np.ndarray, np.ndarray]:
     return train_mask(split, None, None, burn_in), test
 
 
-def score(feats: np.ndarray, latents: np.ndarray, train: np.ndarray, test: np.ndarray, ridge: float) -> dict:
-    """Held-out CCA of feats against latents: {"mean", "pairs", "features"}."""
+def score(feats: np.ndarray, latents: np.ndarray, train: np.ndarray, test: np.ndarray, ridge: float,
+          bands=(), bin_size: float = 0.0) -> dict:
+    """Held-out CCA of feats against latents: {"mean", "pairs", "features"}, and with band edges (Hz) "bands":
+    the same within each frequency band (:func:`band_scores`)."""
     r = heldout_cca(feats[train], latents[train], feats[test], latents[test], ridge)
-    return dict(mean=float(np.mean(r)), pairs=[float(v) for v in r], features=int(feats.shape[1]))
+    out = dict(mean=float(np.mean(r)), pairs=[float(v) for v in r], features=int(feats.shape[1]))
+    if len(bands):
+        out["bands"] = band_scores(feats, latents, train, test, ridge, bin_size, bands)
+    return out
+
+
+def check_band_edges(edges, bin_size: float) -> list[float]:
+    """The band edges as floats if they ascend strictly inside (0, Nyquist) Hz; else a ValueError saying so."""
+    edges, nyquist = [float(e) for e in edges], 0.5 / bin_size
+    if not edges or any(b <= a for a, b in zip(edges, edges[1:])) or edges[0] <= 0 or edges[-1] >= nyquist:
+        raise ValueError(f"band edges must ascend strictly inside (0, {nyquist:g}) Hz, got {edges}")
+    return edges
+
+
+def band_scores(z: np.ndarray, latents: np.ndarray, train: np.ndarray, test: np.ndarray, ridge: float,
+                bin_size: float, edges) -> dict[str, float]:
+    """Held-out CCA (mean over pairs) of z against latents within each frequency band cut at ``edges`` (Hz,
+    ascending): {"< e1 Hz", "e1-e2 Hz", ..., "> ek Hz"}. Both sides are filtered alike, zero-phase (4th-order
+    Butterworth, ``sosfiltfilt``) over the whole session, then scored on the same train / test rows."""
+    edges = check_band_edges(edges, bin_size)
+    bands = [(None, edges[0])] + list(zip(edges[:-1], edges[1:])) + [(edges[-1], None)]
+    out = {}
+    for lo, hi in bands:
+        if lo is None:
+            sos, name = butter(4, hi, "lowpass", fs=1 / bin_size, output="sos"), f"< {hi:g} Hz"
+        elif hi is None:
+            sos, name = butter(4, lo, "highpass", fs=1 / bin_size, output="sos"), f"> {lo:g} Hz"
+        else:
+            sos, name = butter(4, [lo, hi], "bandpass", fs=1 / bin_size, output="sos"), f"{lo:g}-{hi:g} Hz"
+        zf, lf = sosfiltfilt(sos, z, axis=0), sosfiltfilt(sos, latents, axis=0)
+        out[name] = score(zf, lf, train, test, ridge)["mean"]
+    return out
 
 
 def window_starts(train: np.ndarray, length: int) -> np.ndarray:
@@ -172,19 +210,21 @@ def renewal_cv(rates: np.ndarray, order: int, bin_size: float, rng: np.random.Ge
 def reference_scores(counts: np.ndarray, latents: np.ndarray, split: np.ndarray, bin_size: float,
                      cfg: StudentConfig, n_features: int, seed: int, gru_hidden: int = 0,
                      gru_steps: int = 1000, poisson: tuple[int, ...] = (), poisson_gain: float = 1.0,
-                     order: int = 1) -> dict:
-    """Mean held-out canonical correlation of each reference model: {name: {"mean", "pairs", "features"}}, plus
-    the linear model's null (``linear filters, null``: the teacher's latents circularly shifted in time)."""
+                     order: int = 1, bands=()) -> dict:
+    """Mean held-out canonical correlation of each reference model: {name: {"mean", "pairs", "features"}, and
+    "bands" with band edges}, plus the linear model's null (``linear filters, null``: the teacher's latents
+    circularly shifted in time)."""
     tr, te = blocks(split, cfg.burn_in)
+    by = dict(bands=bands, bin_size=bin_size)
     x = filtered_counts(counts, bin_size, cfg.readout_taus)
-    out = {"linear filters": score(x, latents, tr, te, cfg.ridge),
+    out = {"linear filters": score(x, latents, tr, te, cfg.ridge, **by),
            "linear filters, null": score(x, circular_shift(latents, np.random.default_rng(seed)), tr, te, cfg.ridge)}
     if n_features > 0:
         feats = np.concatenate([x, random_relu(x, tr, n_features, seed)], axis=1)
-        out["random features"] = score(feats, latents, tr, te, cfg.ridge)
+        out["random features"] = score(feats, latents, tr, te, cfg.ridge, **by)
     if gru_hidden > 0:
         h = trained_gru(counts, latents, tr, cfg, gru_hidden, gru_steps, seed)
-        out[f"trained GRU ({gru_hidden} units)"] = score(h.astype(np.float64), latents, tr, te, cfg.ridge)
+        out[f"trained GRU ({gru_hidden} units)"] = score(h.astype(np.float64), latents, tr, te, cfg.ridge, **by)
         rng = np.random.default_rng(seed)
         rates = recode_rates(h.astype(np.float64), tr, poisson_gain)
         cv = renewal_cv(rates[te], order, bin_size, rng) if poisson else None
@@ -192,7 +232,7 @@ def reference_scores(counts: np.ndarray, latents: np.ndarray, split: np.ndarray,
         for n in poisson:
             copies = max(n // gru_hidden, 1)
             f = filtered_counts(renewal_counts(rates, copies, order, bin_size, rng), bin_size, cfg.readout_taus)
-            out[f"GRU as {copies * gru_hidden} {kind} neurons"] = {**score(f, latents, tr, te, cfg.ridge),
+            out[f"GRU as {copies * gru_hidden} {kind} neurons"] = {**score(f, latents, tr, te, cfg.ridge, **by),
                                                                    "cv_isi": cv}
     return out
 
@@ -214,6 +254,8 @@ def main(argv=None) -> None:
                     help="the neurons of --poisson as gamma renewal processes of this order (1 = Poisson; 4: CV 0.5 "
                          "at a constant rate, more regular firing)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--bands", type=float, nargs="*", default=[], metavar="HZ",
+                    help="also score each model within frequency bands cut at these edges (Hz, ascending)")
     args = ap.parse_args(argv)
     if args.poisson and args.gru <= 0:
         ap.error("--poisson recodes the trained GRU: give --gru HIDDEN too")
@@ -225,15 +267,20 @@ def main(argv=None) -> None:
             ap.error(f"{d}: no {need}")
     cfg = StudentConfig()
     ps = PreparedSession.load(args.prepared)
+    if args.bands:
+        try:
+            check_band_edges(args.bands, ps.bin_size)
+        except ValueError as e:
+            ap.error(f"--bands: {e}")
     latents = np.load(Path(args.teacher) / "latents.npz")["latents"].astype(np.float64)
     counts = np.asarray(ps.load_counts()[:], np.float64)
     scores = reference_scores(counts, latents, ps.split, ps.bin_size, cfg, args.features, args.seed,
                               args.gru, args.gru_steps, tuple(args.poisson), args.poisson_gain,
-                              args.order)
+                              args.order, args.bands)
     tr, te = blocks(ps.split, cfg.burn_in)
     for d in args.student:
         z = np.load(Path(d) / "readout.npz")["readout"].astype(np.float64)
-        scores[f"student {d}"] = score(z, latents, tr, te, cfg.ridge)
+        scores[f"student {d}"] = score(z, latents, tr, te, cfg.ridge, args.bands, ps.bin_size)
     print(f"held-out CCA against {args.teacher} ({latents.shape[1]} dims; {int(te.sum())} test bins)")
     width = max(len(k) for k in scores)
     for name, s in scores.items():
@@ -241,6 +288,11 @@ def main(argv=None) -> None:
         tail = f"  pairs 1-9 {np.mean(pairs[:9]):.3f}, 17+ {np.mean(pairs[16:]):.3f}" if pairs and len(pairs) > 16 else ""
         cv = f"  CV of ISI {s['cv_isi']:.2f}" if s.get("cv_isi") is not None else ""
         print(f"{name.ljust(width)}  {s['mean']:.3f}  ({s['features']} features){tail}{cv}")
+    if args.bands:
+        print("by time scale (both sides band-passed, zero-phase):")
+        for name, s in scores.items():
+            if "bands" in s:
+                print(f"{name.ljust(width)}  " + "  ".join(f"{k} {v:.3f}" for k, v in s["bands"].items()))
 
 
 if __name__ == "__main__":

@@ -99,3 +99,29 @@ def test_poisson_recoding_has_poisson_statistics_and_its_noise_shrinks_with_more
                                gru_steps=200, poisson=(16, 1600))
     few, many = s["GRU as 16 Poisson neurons"]["mean"], s["GRU as 1600 Poisson neurons"]["mean"]
     assert few + 0.1 < many <= s["trained GRU (16 units)"]["mean"] + 0.02, s
+
+
+def test_band_scores_find_which_time_scale_a_readout_misses():
+    """A target with a slow and a fast (white) component; a readout carrying only the slow one (plus its own white
+    noise) scores high below the cut and near zero above it, on held-out rows; a readout of the whole target scores
+    high in both bands; bad edges are refused."""
+    bench, cfg = _bench(), StudentConfig()
+    rng = np.random.default_rng(3)
+    n = 20000
+    slow = lfilter([0.01], [1, -0.99], rng.normal(size=(n, 2)), axis=0)  # ~0.16 Hz corner at 10 ms bins
+    slow /= slow.std(0)
+    target = slow + rng.normal(size=(n, 2))  # white: 96 % of its power above 2 Hz
+    split = np.where((np.arange(n) // 1000) % 5 == 4, "test", "train")
+    tr, te = split == "train", split == "test"
+    only_slow = slow + rng.normal(size=(n, 2))
+    got = bench.band_scores(only_slow, target, tr, te, cfg.ridge, 0.01, [2.0])
+    assert list(got) == ["< 2 Hz", "> 2 Hz"]
+    assert got["< 2 Hz"] > 0.8 and abs(got["> 2 Hz"]) < 0.1, got
+    whole = bench.band_scores(target + 0.1 * rng.normal(size=target.shape), target, tr, te, cfg.ridge, 0.01, [2.0])
+    assert min(whole.values()) > 0.95, whole
+    counts, drive, split = _session()  # the references get the same per-band scores (not their null)
+    s = bench.reference_scores(counts, drive, split, 0.01, cfg, n_features=0, seed=0, bands=[2.0])
+    assert set(s["linear filters"]["bands"]) == {"< 2 Hz", "> 2 Hz"} and "bands" not in s["linear filters, null"]
+    for bad in ([], [2.0, 1.0], [0.0], [60.0]):
+        with pytest.raises(ValueError, match="band edges"):
+            bench.check_band_edges(bad, 0.01)
