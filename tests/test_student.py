@@ -34,7 +34,8 @@ def _net(seed=0, **kw):
 @pytest.mark.parametrize("kw", [dict(adapt_strength=0.0, readout_taus=[0.05]),
                                 dict(adapt_strength=0.2, readout_taus=[0.01, 0.03, 0.1]),
                                 dict(adapt_strength=0.2, readout_taus=[0.01, 0.1], rec_rank=4),
-                                dict(rec_rank=3, dale=False)])
+                                dict(rec_rank=3, dale=False),
+                                dict(rec_rank=4, ff_inhibition=1.0, slow_syn_fraction=0.5)])
 def test_fast_network_equals_snntorch_reference(kw):
     net, x, _ = _net(**kw)
     grads, spikes = [], []
@@ -225,6 +226,51 @@ def test_feedforward_inhibition_cancels_common_mode_input_and_keeps_dale():
             if k > 0:
                 res = net.simulate(x, record_currents=True)
                 assert (res["i_inh"] <= 0).all() and float(res["i_inh"].mean()) < 0
+
+
+def test_slow_synapses_filter_the_drive_of_their_neurons_only():
+    """slow_syn_fraction: a seeded fraction of the neurons get a causal exponential filter over bins (against a naive
+    loop; unit DC gain, no start-up transient), the others the same drive as without; the rest of the
+    initialisation is unchanged, the feed-forward pool's current goes through the same filter, and config typos
+    are refused."""
+    from neurojepa.student.network import _raw_weight, slow_synapses
+
+    rng = np.random.default_rng(0)
+    cur = torch.tensor(rng.normal(size=(2, 30, 5)), dtype=torch.float32)
+    decay = torch.tensor([0.0, 0.5, 0.9, 0.0, 0.99])
+    want = np.zeros((2, 30, 5))
+    for b in range(2):
+        for j in range(5):
+            y = float(cur[b, 0, j])
+            for t in range(30):
+                y = float(decay[j]) * y + (1 - float(decay[j])) * float(cur[b, t, j])
+                want[b, t, j] = y
+    np.testing.assert_allclose(slow_synapses(cur, decay).numpy(), want, rtol=1e-5, atol=1e-6)
+    const = torch.full((1, 10, 5), 2.5)
+    torch.testing.assert_close(slow_synapses(const, decay), const)
+
+    base, x, _ = _net(ff_inhibition=1.0, noise_std=0.0, input_norm_tau=0.0)
+    slow, _, _ = _net(ff_inhibition=1.0, noise_std=0.0, input_norm_tau=0.0, slow_syn_fraction=0.5)
+    assert base.syn_decay is None
+    d = slow.syn_decay
+    fast = d == 0
+    assert 0.3 < float((~fast).float().mean()) < 0.7
+    lo, hi = np.exp(-0.01 / 0.03), np.exp(-0.01 / 0.3)
+    assert ((d[~fast] >= lo - 1e-6) & (d[~fast] <= hi + 1e-6)).all()
+    torch.testing.assert_close(slow.rec.factors()[0] if slow.cfg.rec_rank else slow.rec.weight,
+                               base.rec.factors()[0] if base.cfg.rec_rank else base.rec.weight)
+    with torch.no_grad():
+        _raw_weight(slow.inp).copy_(_raw_weight(base.inp))  # calibration scaled the slow neurons' weights differently
+        slow.inp.bias.copy_(base.inp.bias)
+        a, b = slow.afferent_drive(x), base.afferent_drive(x)
+        torch.testing.assert_close(a[..., fast], b[..., fast])
+        torch.testing.assert_close(a[..., ~fast], slow_synapses(b, d)[..., ~fast])
+        pool = slow.feedforward_inhibition(x)[:: slow.substeps].transpose(0, 1)
+        torch.testing.assert_close(pool, slow_synapses(base.feedforward_inhibition(x)[:: base.substeps]
+                                                       .transpose(0, 1), d))
+    for bad in (dict(slow_syn_fraction=1.5), dict(slow_syn_tau=[0.3, 0.03]), dict(slow_syn_tau=[0.1])):
+        with pytest.raises(ValueError, match="slow_syn"):
+            StudentConfig(**bad)
 
 
 def test_band_penalty_known_values():

@@ -50,6 +50,8 @@ class StudentConfig:
     input_norm_tau: float = 1.0  # s, divisive normalisation of the input by a running mean of the population input count; 0 = off
     input_norm_exponent: float = 0.5  # gain = (reference / running mean) ** exponent (1: full normalisation, 0.5: half, in log terms)
     ff_inhibition: float = 0.0  # feed-forward inhibition tracking each neuron's afferent excitation (0 = off, 1 = balanced: common-mode input cancelled)
+    slow_syn_fraction: float = 0.0  # fraction of neurons (random, fixed) whose afferent synapses are slow (NMDA-like): their input current low-pass filtered; 0 = off
+    slow_syn_tau: list[float] = field(default_factory=lambda: [0.03, 0.3])  # s, [min, max]: each slow neuron's synaptic time constant, log-uniform in this range
     # losses
     rate_low_hz: float = 5.0  # lower edge of the homeostatic band (Hz)
     rate_high_hz: float = 20.0  # upper edge of the homeostatic band (Hz)
@@ -86,6 +88,10 @@ class StudentConfig:
     def __post_init__(self):
         if not 0 <= self.ff_inhibition <= 1:
             raise ValueError(f"ff_inhibition must be in [0, 1] (1 = balanced), got {self.ff_inhibition}")
+        if not 0 <= self.slow_syn_fraction <= 1:
+            raise ValueError(f"slow_syn_fraction must be in [0, 1], got {self.slow_syn_fraction}")
+        if len(self.slow_syn_tau) != 2 or not 0 < self.slow_syn_tau[0] <= self.slow_syn_tau[1]:
+            raise ValueError(f"slow_syn_tau must be [min, max] with 0 < min <= max (s), got {self.slow_syn_tau}")
         if self.rec_rank < 0:
             raise ValueError(f"rec_rank must be >= 0 (0 = dense), got {self.rec_rank}")
         if self.homeostasis_per_state and self.homeostasis_per_window:

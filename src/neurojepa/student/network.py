@@ -6,6 +6,7 @@ Math (snntorch ``Leaky`` with ``reset_mechanism="subtract"``, written out; one s
     A_t   = rho * A_{t-1} + b_adapt * S_{t-1}                   # adaptation current (E only; detached, as the reset)
     I_t   = g_t * (W_ff c_bin(t) + b + xi_t + W_rec S_{t-1} - A_t)   # c_bin: counts of the current 10 ms bin, held
     W_ff  = W_in - k * rowmean(W_in) 1^T                        # feed-forward inhibition, k = ff_inhibition
+    (slow_syn_fraction > 0: for those neurons W_ff c_bin + b is low-pass filtered over bins, tau_syn 30-300 ms)
     U_t   = beta * U_{t-1} + I_t - theta * S_{t-1}              # subtractive reset, detached (as snntorch)
     S_t   = H(U_t - theta)                                      # surrogate gradient: fast sigmoid (default)
 
@@ -28,6 +29,13 @@ differs from the population mean. The pool is a rate term (linear in the counts,
 divisive normalisation); Dale holds on every weight, its inhibition being a separate pathway with a non-negative
 strength. Why (docs/student.md, session 12): the student's sign-constrained input was the largest single cost of
 Dale's principle.
+
+**Slow afferent synapses** (``slow_syn_fraction`` = p, ``slow_syn_tau``): a random fraction p of the neurons (E and I
+alike, fixed by the seed) receive their afferent current through a slow synapse, an exponential filter over bins with
+a time constant drawn log-uniform in ``slow_syn_tau`` (30-300 ms), like NMDA-receptor-rich inputs (Wang 1999; cortical
+synaptic time constants span tens to hundreds of ms). The filter is linear and acts before the neuron's threshold, so
+those neurons fire as nonlinear functions of the input's recent history rather than of the current bin only: what
+the teacher's slow latent components need and a linear relay of the input cannot give (docs/student.md, session 18).
 
 Spike-frequency adaptation is what keeps firing irregular-but-not-bursty once training sharpens the neurons' input
 tuning: with white background noise and a subtractive reset, a threshold crossing that overshoots fires again right
@@ -305,6 +313,19 @@ def lif_scan(x: torch.Tensor, w, beta: torch.Tensor, theta: float, n_ref: int, s
     return _LIFScan.apply(x, u, beta, theta, n_ref, surrogate, slope, adapt, bool(cuda_graphs and x.is_cuda), v)
 
 
+def slow_synapses(cur: torch.Tensor, decay: torch.Tensor) -> torch.Tensor:
+    """Per-neuron causal exponential filter over bins: cur (B, bins, N) -> same shape, y_t = a y_{t-1} + (1 - a) x_t
+    with a = decay (N,) (0: no filter, the input as is), started at the first bin's value (so a constant input
+    passes unchanged: unit DC gain, no start-up transient). Differentiable; the slow afferent synapses of
+    ``slow_syn_fraction``."""
+    y = cur[:, 0]
+    out = []
+    for x in cur.unbind(1):
+        y = decay * y + (1 - decay) * x
+        out.append(y)
+    return torch.stack(out, 1)
+
+
 def _raw_weight(linear: nn.Linear) -> torch.Tensor:
     """The stored weight parameter of a (possibly parametrised) linear layer."""
     return linear.parametrizations.weight.original if parametrize.is_parametrized(linear, "weight") else linear.weight
@@ -348,6 +369,10 @@ class StudentNet(nn.Module):
         # divisive input normalisation (input_norm_tau > 0): the reference population count per bin, set from the
         # calibration windows (calibrate_bias); 0 until then
         self.register_buffer("input_ref", torch.zeros(()))
+        # slow (NMDA-like) afferent synapses on a random fraction of neurons: per-bin decay of their input filter
+        # (0 for the others); its own generator, so the rest of the initialisation is the same with or without
+        self.register_buffer("syn_decay", self._slow_synapse_decay(n, bin_size) if cfg.slow_syn_fraction > 0 else None,
+                             persistent=False)
 
         self.inp = nn.Linear(n_in, n)
         self.rec = nn.Linear(n, n, bias=False) if cfg.rec_rank <= 0 else None
@@ -407,6 +432,16 @@ class StudentNet(nn.Module):
         m = torch.stack(run, 1).clamp_min(0.25 * ref)
         return (ref / m) ** cfg.input_norm_exponent
 
+    def _slow_synapse_decay(self, n: int, bin_size: float) -> torch.Tensor:
+        """(n,) per-bin decay: exp(-bin_size / tau) for a random ``slow_syn_fraction`` of the neurons (tau
+        log-uniform in ``slow_syn_tau``), 0 for the rest; seeded by ``seed``."""
+        cfg = self.cfg
+        g = torch.Generator().manual_seed(cfg.seed + 11)
+        slow = torch.rand(n, generator=g) < cfg.slow_syn_fraction
+        lo, hi = (float(v) for v in cfg.slow_syn_tau)
+        tau = torch.exp(math.log(lo) + torch.rand(n, generator=g) * math.log(hi / lo))
+        return torch.where(slow, torch.exp(-bin_size / tau), torch.zeros(()))
+
     def afferent_weight(self) -> torch.Tensor:
         """(N, n_in) effective map from the (normalised) counts to the input current: the excitatory afferent weights
         minus the feed-forward inhibition, ``W_in - ff_inhibition * rowmean(W_in) 1^T`` (see the module docstring)."""
@@ -415,14 +450,18 @@ class StudentNet(nn.Module):
         return w - k * w.mean(1, keepdim=True) if k > 0 else w
 
     def afferent_drive(self, x: torch.Tensor) -> torch.Tensor:
-        """(..., n_in) normalised counts -> (..., N) afferent current (bias included)."""
-        return F.linear(x, self.afferent_weight(), self.inp.bias)
+        """(B, bins, n_in) normalised counts -> (B, bins, N) afferent current (bias included), through the slow
+        synapses of the neurons that have them (``slow_syn_fraction``)."""
+        cur = F.linear(x, self.afferent_weight(), self.inp.bias)
+        return cur if self.syn_decay is None else slow_synapses(cur, self.syn_decay)
 
     def feedforward_inhibition(self, counts: torch.Tensor) -> torch.Tensor:
         """counts: (B, bins, n_in) -> the feed-forward pool's inhibitory current, >= 0, (bins * substeps, B, N), held
         over each bin as the input current is: what :meth:`afferent_drive` subtracts."""
         x = counts.to(self.inp.bias.dtype) * self.input_norm_gain(counts)[..., None]
         inh = self.cfg.ff_inhibition * x.sum(-1, keepdim=True) * self.inp.weight.mean(1)
+        if self.syn_decay is not None:  # it arrives through the same (slow) synapses as the excitation it tracks
+            inh = slow_synapses(inh, self.syn_decay)
         return inh.transpose(0, 1).repeat_interleave(self.substeps, dim=0)
 
     def input_current(self, counts: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

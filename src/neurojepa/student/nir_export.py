@@ -20,9 +20,9 @@ simulator on nirtorch) in tests/test_nir.py and docs/student.md:
 
 * NIR's LIF resets to ``v_reset`` (0); the student subtracts the threshold. Stepped with the subtractive reset the
   graph gives bit-identical spikes to :meth:`StudentNet.simulate`; with NIR's reset 84 % of the spikes are identical.
-* not representable at all: the refractory input gate, spike-frequency adaptation, the private noise current and
-  the divisive input normalisation (``input_norm_tau``) (a student with ``refractory=0 adapt_strength=0
-  noise_std=0 input_norm_tau=0`` is represented exactly). They matter: with the default student's values (before
+* not representable at all: the refractory input gate, spike-frequency adaptation, the private noise current, the
+  divisive input normalisation (``input_norm_tau``) and the slow afferent synapses (``slow_syn_fraction``) (a
+  student with ``refractory=0 adapt_strength=0 noise_std=0 input_norm_tau=0`` is represented exactly). They matter: with the default student's values (before
   the normalisation), 0.8 % of the spikes are identical (without noise the calibrated bias leaves neurons silent;
   without adaptation they fire ~3.7x more). :func:`student_to_nir` logs a warning for such a student.
 * feed-forward inhibition (``ff_inhibition``) is linear in the counts and is folded into the input Affine, exactly
@@ -73,7 +73,8 @@ def student_to_nir(net: StudentNet):
     from snntorch.export_nir import export_to_nir
 
     lost = [f"{name} {value:g}" for name, value in (("refractory", net.cfg.refractory), ("adapt_strength",
-            net.cfg.adapt_strength), ("noise_std", net.cfg.noise_std), ("input_norm_tau", net.cfg.input_norm_tau))
+            net.cfg.adapt_strength), ("noise_std", net.cfg.noise_std), ("input_norm_tau", net.cfg.input_norm_tau),
+            ("slow_syn_fraction", net.cfg.slow_syn_fraction))
             if value > 0]
     if lost:
         log.warning("NIR cannot represent this student's %s: a NIR simulator will not reproduce its spikes "
