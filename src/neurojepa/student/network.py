@@ -318,10 +318,15 @@ def slow_synapses(cur: torch.Tensor, decay: torch.Tensor) -> torch.Tensor:
     with a = decay (N,) (0: no filter, the input as is), started at the first bin's value (so a constant input
     passes unchanged: unit DC gain, no start-up transient). Differentiable; the slow afferent synapses of
     ``slow_syn_fraction``."""
-    y = cur[:, 0]
+    return exp_smooth(cur, decay, cur[:, 0])
+
+
+def exp_smooth(x: torch.Tensor, decay, y: torch.Tensor) -> torch.Tensor:
+    """Causal exponential smoothing along dim 1 of x (B, bins, ...): y_t = decay y_{t-1} + (1 - decay) x_t from the
+    state y before the first bin, every y_t stacked along dim 1. decay: a float or a tensor broadcasting to x_t."""
     out = []
-    for x in cur.unbind(1):
-        y = decay * y + (1 - decay) * x
+    for xt in x.unbind(1):
+        y = decay * y + (1 - decay) * xt
         out.append(y)
     return torch.stack(out, 1)
 
@@ -423,13 +428,9 @@ class StudentNet(nn.Module):
             return counts.new_ones(counts.shape[:2], dtype=self.inp.bias.dtype)
         pop = counts.to(self.inp.bias.dtype).sum(-1)  # (B, bins)
         a = math.exp(-self.bin_size / cfg.input_norm_tau)
-        m = pop[:, : max(1, min(cfg.burn_in, pop.shape[1]))].mean(1)
-        run = []
-        for p in pop.unbind(1):
-            m = a * m + (1 - a) * p
-            run.append(m)
+        m = exp_smooth(pop, a, pop[:, : max(1, min(cfg.burn_in, pop.shape[1]))].mean(1))
         ref = self.input_ref.clamp_min(1e-6)
-        m = torch.stack(run, 1).clamp_min(0.25 * ref)
+        m = m.clamp_min(0.25 * ref)
         return (ref / m) ** cfg.input_norm_exponent
 
     def _slow_synapse_decay(self, n: int, bin_size: float) -> torch.Tensor:

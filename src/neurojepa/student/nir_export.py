@@ -22,9 +22,10 @@ simulator on nirtorch) in tests/test_nir.py and docs/student.md:
   graph gives bit-identical spikes to :meth:`StudentNet.simulate`; with NIR's reset 84 % of the spikes are identical.
 * not representable at all: the refractory input gate, spike-frequency adaptation, the private noise current, the
   divisive input normalisation (``input_norm_tau``) and the slow afferent synapses (``slow_syn_fraction``) (a
-  student with ``refractory=0 adapt_strength=0 noise_std=0 input_norm_tau=0`` is represented exactly). They matter: with the default student's values (before
-  the normalisation), 0.8 % of the spikes are identical (without noise the calibrated bias leaves neurons silent;
-  without adaptation they fire ~3.7x more). :func:`student_to_nir` logs a warning for such a student.
+  student with ``refractory=0 adapt_strength=0 noise_std=0 input_norm_tau=0`` is represented exactly). They
+  matter: with the default student's values (before the normalisation), 0.8 % of the spikes are identical (without
+  noise the calibrated bias leaves neurons silent; without adaptation they fire ~3.7x more). :func:`student_to_nir`
+  logs a warning for such a student.
 * feed-forward inhibition (``ff_inhibition``) is linear in the counts and is folded into the input Affine, exactly
   (its weights are then the effective, signed afferent map ``StudentNet.afferent_weight()``).
 * the readout's filters run per dt step in NIR but once per bin in the student (readout correlation > 0.99;
