@@ -35,7 +35,8 @@ def _net(seed=0, **kw):
                                 dict(adapt_strength=0.2, readout_taus=[0.01, 0.03, 0.1]),
                                 dict(adapt_strength=0.2, readout_taus=[0.01, 0.1], rec_rank=4),
                                 dict(rec_rank=3, dale=False),
-                                dict(rec_rank=4, ff_inhibition=1.0, slow_syn_fraction=0.5)])
+                                dict(rec_rank=4, ff_inhibition=1.0, slow_syn_fraction=0.5),
+                                dict(rec_rank=4, adapt_strength=0.2, slow_adapt_fraction=0.5, slow_adapt_tau=[0.05, 0.5])])
 def test_fast_network_equals_snntorch_reference(kw):
     net, x, _ = _net(**kw)
     grads, spikes = [], []
@@ -272,6 +273,45 @@ def test_slow_synapses_filter_the_drive_of_their_neurons_only():
             StudentConfig(**bad)
 
 
+def test_slow_adaptation_keeps_the_steady_strength_per_hz():
+    """slow_adapt_fraction: a seeded fraction of the E neurons adapt with a time constant in slow_adapt_tau (the
+    others with adapt_tau, I neurons not at all); every E neuron's steady adaptation current per Hz is the same
+    (analytic: b / (1 - rho) = adapt_strength (1 - beta_E) / dt), the rest of the initialisation is unchanged, a
+    constant spike train drives a slow neuron's current to the same level as a fast one's but later (naive loop),
+    and config typos are refused."""
+    cfg = dict(adapt_strength=0.2, noise_std=0.0)
+    base, _, _ = _net(**cfg)
+    slow, _, _ = _net(**cfg, slow_adapt_fraction=0.5, slow_adapt_tau=[0.1, 1.0])
+    assert base.adapt_decay is None and base._adapt()[0] == base.adapt_rho
+    decay, b = slow._adapt()
+    ne = slow.n_exc
+    tau = -slow.cfg.dt / torch.log(decay[:ne])
+    is_slow = tau > 0.05
+    assert 0.3 < float(is_slow.float().mean()) < 0.7
+    assert ((tau[is_slow] > 0.1 - 1e-4) & (tau[is_slow] < 1.0 + 1e-3)).all()
+    torch.testing.assert_close(tau[~is_slow], torch.full_like(tau[~is_slow], slow.cfg.adapt_tau))
+    assert (b[ne:] == 0).all()
+    steady = 0.2 * (1 - np.exp(-slow.cfg.dt / slow.cfg.tau_mem_exc)) / slow.cfg.dt
+    np.testing.assert_allclose((b[:ne] / (1 - decay[:ne])).numpy(), steady, rtol=1e-4)
+    torch.testing.assert_close(slow.rec.weight, base.rec.weight)
+    i_slow, i_fast = int(torch.argmax(tau)), int(torch.argmin(tau))
+    a, last = np.zeros(2), []
+    hit = [None, None]
+    for t in range(1, 20001):  # one spike every 10 steps: A -> steady * 0.1 spikes per step, on average
+        a = a * decay[[i_slow, i_fast]].double().numpy() + (t % 10 == 0) * b[[i_slow, i_fast]].double().numpy()
+        for k in range(2):
+            if hit[k] is None and a[k] > 0.8 * steady * 0.1:
+                hit[k] = t
+        if t > 19990:
+            last.append(a)
+    np.testing.assert_allclose(np.mean(last, axis=0), steady * 0.1, rtol=0.02)
+    assert hit[0] > 10 * hit[1]
+    for bad in (dict(slow_adapt_fraction=-0.1), dict(slow_adapt_tau=[2.0, 0.2]),
+                dict(slow_adapt_fraction=0.5, adapt_strength=0.0)):
+        with pytest.raises(ValueError, match="slow_adapt"):
+            StudentConfig(**bad)
+
+
 def test_band_penalty_known_values():
     r = torch.tensor([0.0, 5.0, 10.0, 20.0, 30.0])
     assert band_penalty(r, 5.0, 20.0).item() == pytest.approx((25 + 0 + 0 + 0 + 100) / 5)
@@ -451,7 +491,8 @@ def test_wall_clock_cap_is_flagged(tmp_path, caplog):
 
 
 def test_inhibitory_neurons_get_their_own_band_floor_and_start_above_excitatory_ones():
-    """rate_low_inh_hz: the band penalty's lower edge per neuron (I neurons 10 Hz, E 5 Hz); target_rate_inh_hz:
+    """rate_low_inh_hz: the band penalty's lower edge per neuron (I neurons 10 Hz, E 5 Hz; rate_high_inh_hz an
+    optional lower ceiling for I neurons); target_rate_inh_hz:
     the calibrated bias puts I neurons near 15 Hz, E ones near 10 Hz (fast-spiking interneurons fire above
     pyramidal cells)."""
     net, x, _ = _net()
@@ -461,6 +502,12 @@ def test_inhibitory_neurons_get_their_own_band_floor_and_start_above_excitatory_
     rate = net.simulate(x)["spikes"].float().mean((0, 1)) / net.cfg.dt
     e, i = rate[: net.n_exc].median().item(), rate[net.n_exc:].median().item()
     assert 7 < e < 13 and 12 < i < 18 and i > e
+    assert band_penalty(torch.tensor([18.0, 18.0]), 5.0, torch.tensor([20.0, 16.0])).item() == pytest.approx(2.0)
+    assert net.band_high.eq(20.0).all()
+    capped, _, _ = _net(rate_high_inh_hz=16.0)  # rate_high_inh_hz: a lower ceiling for I neurons only
+    assert capped.band_high[: net.n_exc].eq(20.0).all() and capped.band_high[net.n_exc:].eq(16.0).all()
+    with pytest.raises(ValueError, match="rate_high_inh_hz"):
+        StudentConfig(rate_high_inh_hz=8.0)  # under the I neurons' lower edge (10 Hz)
     same, x, _ = _net(rate_low_inh_hz=0.0, target_rate_inh_hz=0.0)  # 0: the E values for both
     assert same.band_low.eq(5.0).all()
     rate = same.simulate(x)["spikes"].float().mean((0, 1)) / same.cfg.dt

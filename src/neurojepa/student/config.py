@@ -46,6 +46,8 @@ class StudentConfig:
     input_gain: float = 0.3  # std of the input current fluctuation at init (per step, threshold units x 10)
     adapt_strength: float = 0.25  # spike-frequency adaptation of E neurons: steady current per Hz, in rheobases; 0 = off
     adapt_tau: float = 0.02  # s, decay of the adaptation current
+    slow_adapt_fraction: float = 0.0  # fraction of E neurons (random, fixed) whose adaptation current decays slowly (same steady strength per Hz); 0 = off
+    slow_adapt_tau: list[float] = field(default_factory=lambda: [0.2, 2.0])  # s, [min, max]: each slow-adapting neuron's adaptation time constant, log-uniform in this range
     noise_std: float = 0.3  # std of the private background current per step (threshold units); 0 = deterministic
     noise_tau: float = 0.0  # s, correlation time of the background noise (Ornstein-Uhlenbeck); 0 = white
     target_rate_hz: float = 10.0  # initial bias aims here
@@ -59,6 +61,7 @@ class StudentConfig:
     rate_low_hz: float = 5.0  # lower edge of the homeostatic band (Hz)
     rate_high_hz: float = 20.0  # upper edge of the homeostatic band (Hz)
     rate_low_inh_hz: float = 10.0  # lower edge of the band for I neurons in the penalty (Hz; fast-spiking cells fire above E); 0 = rate_low_hz
+    rate_high_inh_hz: float = 0.0  # upper edge of the band for I neurons in the penalty (Hz; below rate_high_hz leaves headroom for a state that drives them harder); 0 = rate_high_hz
     homeostasis_weight: float = 1.5  # per Hz^2, mean over neurons
     homeostasis_per_window: bool = False  # rates per batch window (bounds modulation depth) or pooled over the batch
     homeostasis_per_state: bool = False  # rates pooled over each brain state's windows of the batch, every state in the band (not only their mix)
@@ -95,6 +98,15 @@ class StudentConfig:
             raise ValueError(f"slow_syn_fraction must be in [0, 1], got {self.slow_syn_fraction}")
         if len(self.slow_syn_tau) != 2 or not 0 < self.slow_syn_tau[0] <= self.slow_syn_tau[1]:
             raise ValueError(f"slow_syn_tau must be [min, max] with 0 < min <= max (s), got {self.slow_syn_tau}")
+        if not 0 <= self.slow_adapt_fraction <= 1:
+            raise ValueError(f"slow_adapt_fraction must be in [0, 1], got {self.slow_adapt_fraction}")
+        if len(self.slow_adapt_tau) != 2 or not 0 < self.slow_adapt_tau[0] <= self.slow_adapt_tau[1]:
+            raise ValueError(f"slow_adapt_tau must be [min, max] with 0 < min <= max (s), got {self.slow_adapt_tau}")
+        if self.slow_adapt_fraction > 0 and self.adapt_strength <= 0:
+            raise ValueError("slow_adapt_fraction > 0 needs spike-frequency adaptation (adapt_strength > 0)")
+        low_i = self.rate_low_inh_hz or self.rate_low_hz
+        if 0 < self.rate_high_inh_hz <= low_i:
+            raise ValueError(f"rate_high_inh_hz ({self.rate_high_inh_hz}) must lie above the I neurons' lower edge ({low_i})")
         if self.rec_rank < 0:
             raise ValueError(f"rec_rank must be >= 0 (0 = dense), got {self.rec_rank}")
         if self.homeostasis_per_state and self.homeostasis_per_window:

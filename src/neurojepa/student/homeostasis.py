@@ -2,10 +2,11 @@
 
 ``penalty = mean_j relu(low - r_j)^2 + relu(r_j - high)^2`` with ``r_j`` the rate of neuron j over the batch window
 in Hz (spikes / (trials * steps * dt)). Zero inside the band (``rate_low_hz`` to ``rate_high_hz`` of the student's
-config, 5-20 Hz by default; ``low`` may be per neuron, e.g. a higher floor ``rate_low_inh_hz`` for the fast-spiking I
-neurons), so it leaves the CCA objective alone once every neuron fires in it; quadratic outside, so silent and
-runaway neurons are pulled back hard. The rate goes through the surrogate gradient of the spikes, like the CCA
-loss. A mean (not a sum) over neurons keeps the weight independent of the network size.
+config, 5-20 Hz by default; ``low`` and ``high`` may be per neuron, e.g. a higher floor ``rate_low_inh_hz`` for the
+fast-spiking I neurons, or a lower ceiling ``rate_high_inh_hz`` that leaves them headroom), so it leaves the CCA
+objective alone once every neuron fires in it; quadratic outside, so silent and runaway neurons are pulled back
+hard. The rate goes through the surrogate gradient of the spikes, like the CCA loss. A mean (not a sum) over neurons
+keeps the weight independent of the network size.
 
 With ``per_window`` each window of the batch (default 320 ms) must stay in the band, not only the batch average:
 this also bounds how deeply the input modulates a neuron's rate, which keeps the CV of its inter-spike intervals
@@ -38,6 +39,7 @@ def rates_by_group(spikes: torch.Tensor, dt: float, groups: torch.Tensor) -> tor
     return sums / n.to(sums.dtype).unsqueeze(1)
 
 
-def band_penalty(rates: torch.Tensor, low: float | torch.Tensor, high: float) -> torch.Tensor:
-    """rates: (N,) or (B, N) in Hz -> mean of relu(low - r)^2 + relu(r - high)^2, in Hz^2; low: a number or (N,)."""
+def band_penalty(rates: torch.Tensor, low: float | torch.Tensor, high: float | torch.Tensor) -> torch.Tensor:
+    """rates: (N,) or (B, N) in Hz -> mean of relu(low - r)^2 + relu(r - high)^2, in Hz^2; low, high: numbers or
+    (N,)."""
     return (torch.relu(low - rates) ** 2 + torch.relu(rates - high) ** 2).mean()

@@ -1,7 +1,7 @@
 """The distillation step as a LightningModule: the whole training story on one screen.
 
 loss = cca_loss(student readout, teacher latents)            # minus the sum of canonical correlations (float64)
-       + homeostasis_weight * band_penalty(rates in Hz)      # rate_low_hz (I: rate_low_inh_hz)..rate_high_hz per neuron
+       + homeostasis_weight * band_penalty(rates in Hz)      # rate_low_hz..rate_high_hz per neuron (I: rate_*_inh_hz)
                                                              # (pooled over the batch, per window, or per state)
        + l1_weight * mean |W_rec|                           # optional sparsity
        (+ rate_floor_hz, burst_weight terms: optional, off by default; see docs/student.md)
@@ -51,7 +51,7 @@ class StudentModule(NanGuard, L.LightningModule):
             rates = rates_by_group(spikes, cfg.dt, state)  # (states in the batch, N)
         else:
             rates = rates_hz(spikes, cfg.dt, per_window=cfg.homeostasis_per_window)
-        band = band_penalty(rates, self.net.band_low, cfg.rate_high_hz)
+        band = band_penalty(rates, self.net.band_low, self.net.band_high)
         if cfg.rate_floor_hz > 0:  # every window keeps some firing: silences are what inflate a pooled CV of ISI
             win = rates_hz(spikes, cfg.dt, per_window=True)
             band = band + torch.relu(cfg.rate_floor_hz - win).pow(2).mean()

@@ -14,10 +14,11 @@ W_rec is dense, or with ``rec_rank`` = r > 0 the low-rank product U V^T through 
 (:class:`~neurojepa.student.dale.LowRankDale`): a step then costs O(N r) instead of O(N^2), which is what makes
 students of thousands of neurons trainable on a CPU (docs/student.md, session 15).
 beta = exp(-dt / tau_mem) per neuron (20 ms E, 10 ms I); xi: private background noise (white or Ornstein-Uhlenbeck);
-rho = exp(-dt / adapt_tau), b_adapt from ``adapt_strength`` (0 = no adaptation, the A term drops out). The readout
-sees only E spikes: per-bin E spike counts are low-pass filtered (exponential, one copy per ``readout_taus`` entry)
-and mapped linearly to the D teacher dims. Dale's principle holds on the input (all +), recurrent (column signs) and
-readout (E only, all +) weights by parametrisation (dale.py).
+rho = exp(-dt / adapt_tau) (per neuron with ``slow_adapt_fraction``), b_adapt from ``adapt_strength`` (0 = no
+adaptation, the A term drops out). The readout sees only E spikes: per-bin E spike counts are low-pass filtered
+(exponential, one copy per ``readout_taus`` entry) and mapped linearly to the D teacher dims. Dale's principle
+holds on the input (all +), recurrent (column signs) and readout (E only, all +) weights by parametrisation
+(dale.py).
 
 **Feed-forward inhibition** (``ff_inhibition`` = k): afferent spikes excite (``W_in`` >= 0) and also drive a pool of
 feed-forward interneurons whose inhibition of each neuron is proportional to that neuron's own afferent excitation
@@ -36,6 +37,15 @@ a time constant drawn log-uniform in ``slow_syn_tau`` (30-300 ms), like NMDA-rec
 synaptic time constants span tens to hundreds of ms). The filter is linear and acts before the neuron's threshold, so
 those neurons fire as nonlinear functions of the input's recent history rather than of the current bin only: what
 the teacher's slow latent components need and a linear relay of the input cannot give (docs/student.md, session 18).
+
+**Slow adaptation** (``slow_adapt_fraction`` = q, ``slow_adapt_tau``): a random fraction q of the E neurons (fixed
+by the seed) adapt with a time constant drawn log-uniform in ``slow_adapt_tau`` (0.2-2 s) instead of ``adapt_tau``,
+with the same steady current per Hz (b_adapt rescaled by 1 - rho), as the slow afterhyperpolarisation currents of
+cortical and hippocampal pyramidal cells do (seconds; Madison & Nicoll 1984; Benda & Herz 2003). A slowly adapting
+neuron's rate depends on its own firing over the last seconds: a memory of the input's history that a network
+trained on 320 ms windows can use without learning it (as in the adaptive LIF networks of Bellec et al. 2018). The
+adaptation current is a state, detached like the reset; with a per-neuron rho the GPU loops run eagerly
+(docs/student.md, session 19).
 
 Spike-frequency adaptation is what keeps firing irregular-but-not-bursty once training sharpens the neurons' input
 tuning: with white background noise and a subtractive reset, a threshold crossing that overshoots fires again right
@@ -259,8 +269,9 @@ def _replay(key, fn, inputs):
 class _LIFScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w, beta, theta, n_ref, surrogate, slope, adapt, graphed, v=None):
-        # v given: w is U and (U, V) are low-rank factors (W = U V^T); these run eagerly, not as CUDA graphs
-        graphed = graphed and v is None
+        # v given: w is U and (U, V) are low-rank factors (W = U V^T); these run eagerly, not as CUDA graphs, and so
+        # does a per-neuron adaptation decay (slow_adapt_fraction: the step kernels take a scalar one)
+        graphed = graphed and v is None and (adapt is None or not torch.is_tensor(adapt[0]))
         if graphed:
             rho = None if adapt is None else adapt[0]
             args = (x.contiguous(), w.contiguous(), beta) + (() if adapt is None else (adapt[1],))
@@ -366,11 +377,19 @@ class StudentNet(nn.Module):
         self.adapt_rho = math.exp(-cfg.dt / cfg.adapt_tau)
         b = cfg.adapt_strength * (1 - math.exp(-cfg.dt / cfg.tau_mem_exc)) * (1 - self.adapt_rho) / cfg.dt
         self.register_buffer("adapt_b", torch.cat([torch.full((cfg.n_exc,), b), torch.zeros(cfg.n_inh)]))
-        # lower edge of the homeostatic band per neuron (Hz): rate_low_hz, or rate_low_inh_hz for I neurons
-        low = torch.full((n,), float(cfg.rate_low_hz))
+        # slow adaptation on a random fraction of E neurons (slow_adapt_fraction): a per-neuron decay replaces the
+        # scalar one; its own generator, so the rest of the initialisation is the same with or without
+        self.register_buffer("adapt_decay", self._slow_adaptation() if cfg.slow_adapt_fraction > 0 else None,
+                             persistent=False)
+        # edges of the homeostatic band per neuron (Hz): rate_low_hz / rate_high_hz, or rate_low_inh_hz /
+        # rate_high_inh_hz for I neurons
+        low, high = torch.full((n,), float(cfg.rate_low_hz)), torch.full((n,), float(cfg.rate_high_hz))
         if cfg.rate_low_inh_hz > 0:
             low[cfg.n_exc:] = cfg.rate_low_inh_hz
+        if cfg.rate_high_inh_hz > 0:
+            high[cfg.n_exc:] = cfg.rate_high_inh_hz
         self.register_buffer("band_low", low, persistent=False)
+        self.register_buffer("band_high", high, persistent=False)
         # divisive input normalisation (input_norm_tau > 0): the reference population count per bin, set from the
         # calibration windows (calibrate_bias); 0 until then
         self.register_buffer("input_ref", torch.zeros(()))
@@ -410,8 +429,29 @@ class StudentNet(nn.Module):
         return self.rec.factors() if isinstance(self.rec, LowRankDale) else self.rec.weight
 
     def _adapt(self):
-        """(rho, b (N,)) for the scan, or None without adaptation."""
-        return (self.adapt_rho, self.adapt_b) if self.cfg.adapt_strength > 0 else None
+        """(rho, b (N,)) for the scan, or None without adaptation; rho is a float, or a per-neuron (N,) decay with
+        ``slow_adapt_fraction``."""
+        if self.cfg.adapt_strength <= 0:
+            return None
+        return (self.adapt_rho if self.adapt_decay is None else self.adapt_decay), self.adapt_b
+
+    def _slow_adaptation(self) -> torch.Tensor:
+        """(N,) per-step decay of the adaptation current: exp(-dt / tau) with tau log-uniform in
+        ``slow_adapt_tau`` for a random ``slow_adapt_fraction`` of the E neurons (seeded by ``seed``), ``adapt_tau``
+        for the others (I neurons do not adapt: their increments are 0). Also rescales those neurons' increments
+        ``adapt_b`` so that the steady current stays ``adapt_strength`` rheobases per Hz whatever the tau."""
+        cfg, ne = self.cfg, self.cfg.n_exc
+        g = torch.Generator().manual_seed(cfg.seed + 13)
+        slow = torch.rand(ne, generator=g) < cfg.slow_adapt_fraction
+        lo, hi = (float(v) for v in cfg.slow_adapt_tau)
+        drawn = torch.exp(math.log(lo) + torch.rand(ne, generator=g) * (math.log(hi) - math.log(lo)))
+        tau = torch.full((cfg.n_neurons,), float(cfg.adapt_tau))
+        tau[:ne] = torch.where(slow, drawn, tau[:ne])
+        decay = torch.exp(-cfg.dt / tau)
+        with torch.no_grad():
+            b = cfg.adapt_strength * (1 - math.exp(-cfg.dt / cfg.tau_mem_exc)) * (1 - decay) / cfg.dt
+            self.adapt_b.copy_(torch.where(self.sign > 0, b, torch.zeros(())))
+        return decay
 
     def input_norm_gain(self, counts: torch.Tensor) -> torch.Tensor:
         """counts: (B, bins, n_in) -> per-bin input gain (B, bins) of the divisive normalisation (all ones when
@@ -539,6 +579,7 @@ class StudentNet(nn.Module):
         spk = x.new_zeros(B, N)
         cnt = torch.zeros(B, N, dtype=torch.int32, device=x.device)
         adapt = x.new_zeros(B, N) if self.cfg.adapt_strength > 0 else None
+        rho, b = self._adapt() or (None, None)
         out = []
         with parametrize.cached():  # Dale's weights computed once per forward, not once per step (memory)
             for xt in x.unbind(0):
@@ -546,7 +587,7 @@ class StudentNet(nn.Module):
                 if adapt is None:
                     spk, mem = lif(g * (xt + self.rec(spk)), mem)
                 else:  # adaptation current, detached like snntorch's reset
-                    adapt = adapt * self.adapt_rho + spk.detach() * self.adapt_b
+                    adapt = adapt * rho + spk.detach() * b
                     spk, mem = lif(g * (xt + self.rec(spk) - adapt), mem)
                 cnt = torch.where(spk.detach() > 0, self.n_ref, (cnt - 1).clamp_(min=0))
                 out.append(spk)
