@@ -18,8 +18,8 @@ direction, at 8x the default's training time (sessions 16-17). Slow afferent syn
 slow adaptation (``slow_adapt_fraction``) are off everywhere: on half the neurons of ``student_large`` the first buys
 +0.029 CCA on the generic preset (0.812) with more regular firing, and the second another +0.020 (0.832, session
 19). A lower band ceiling for I neurons (``rate_high_inh_hz=16``) keeps them in band in a busier state never seen
-(generic disengaged -> engaged: 0.922 instead of 0.850). The three go into ``student_large`` once every unseen
-direction of both sessions is measured with them (docs/student.md, sessions 18-19).
+(generic disengaged -> engaged: 0.922 instead of 0.850), but on the default session it puts the I neurons' rates
+onto the E ones and the unseen state's band at 0.896 / 0.902: not a preset yet (docs/student.md, sessions 18-19).
 """
 
 from __future__ import annotations
