@@ -347,6 +347,12 @@ def _raw_weight(linear: nn.Linear) -> torch.Tensor:
     return linear.parametrizations.weight.original if parametrize.is_parametrized(linear, "weight") else linear.weight
 
 
+def _adapt_increment(cfg: StudentConfig, decay):
+    """What one spike adds to an E neuron's adaptation current, for a per-step decay (float, or a tensor of them):
+    the increment whose steady current is ``adapt_strength`` rheobases per Hz of firing, whatever the decay."""
+    return cfg.adapt_strength * (1 - math.exp(-cfg.dt / cfg.tau_mem_exc)) * (1 - decay) / cfg.dt
+
+
 class StudentNet(nn.Module):
     """E/I recurrent LIF network. n_in recorded units in, n_out teacher dims out; see the module docstring."""
 
@@ -375,12 +381,15 @@ class StudentNet(nn.Module):
         # spike-frequency adaptation of E neurons (I neurons, fast-spiking, do not adapt): each spike adds b to a
         # current that decays with adapt_tau; b makes the steady current adapt_strength rheobases per Hz of firing
         self.adapt_rho = math.exp(-cfg.dt / cfg.adapt_tau)
-        b = cfg.adapt_strength * (1 - math.exp(-cfg.dt / cfg.tau_mem_exc)) * (1 - self.adapt_rho) / cfg.dt
+        b = _adapt_increment(cfg, self.adapt_rho)
         self.register_buffer("adapt_b", torch.cat([torch.full((cfg.n_exc,), b), torch.zeros(cfg.n_inh)]))
         # slow adaptation on a random fraction of E neurons (slow_adapt_fraction): a per-neuron decay replaces the
-        # scalar one; its own generator, so the rest of the initialisation is the same with or without
-        self.register_buffer("adapt_decay", self._slow_adaptation() if cfg.slow_adapt_fraction > 0 else None,
-                             persistent=False)
+        # scalar one, each neuron's increment follows it; its own generator, so the rest of the initialisation is
+        # the same with or without
+        decay = self._slow_adaptation() if cfg.slow_adapt_fraction > 0 else None
+        if decay is not None:
+            self.adapt_b.copy_(torch.where(self.sign > 0, _adapt_increment(cfg, decay), torch.zeros(())))
+        self.register_buffer("adapt_decay", decay, persistent=False)
         # edges of the homeostatic band per neuron (Hz): rate_low_hz / rate_high_hz, or rate_low_inh_hz /
         # rate_high_inh_hz for I neurons
         low, high = torch.full((n,), float(cfg.rate_low_hz)), torch.full((n,), float(cfg.rate_high_hz))
@@ -438,8 +447,7 @@ class StudentNet(nn.Module):
     def _slow_adaptation(self) -> torch.Tensor:
         """(N,) per-step decay of the adaptation current: exp(-dt / tau) with tau log-uniform in
         ``slow_adapt_tau`` for a random ``slow_adapt_fraction`` of the E neurons (seeded by ``seed``), ``adapt_tau``
-        for the others (I neurons do not adapt: their increments are 0). Also rescales those neurons' increments
-        ``adapt_b`` so that the steady current stays ``adapt_strength`` rheobases per Hz whatever the tau."""
+        for the others (I neurons do not adapt: their increments are 0)."""
         cfg, ne = self.cfg, self.cfg.n_exc
         g = torch.Generator().manual_seed(cfg.seed + 13)
         slow = torch.rand(ne, generator=g) < cfg.slow_adapt_fraction
@@ -447,11 +455,7 @@ class StudentNet(nn.Module):
         drawn = torch.exp(math.log(lo) + torch.rand(ne, generator=g) * (math.log(hi) - math.log(lo)))
         tau = torch.full((cfg.n_neurons,), float(cfg.adapt_tau))
         tau[:ne] = torch.where(slow, drawn, tau[:ne])
-        decay = torch.exp(-cfg.dt / tau)
-        with torch.no_grad():
-            b = cfg.adapt_strength * (1 - math.exp(-cfg.dt / cfg.tau_mem_exc)) * (1 - decay) / cfg.dt
-            self.adapt_b.copy_(torch.where(self.sign > 0, b, torch.zeros(())))
-        return decay
+        return torch.exp(-cfg.dt / tau)
 
     def input_norm_gain(self, counts: torch.Tensor) -> torch.Tensor:
         """counts: (B, bins, n_in) -> per-bin input gain (B, bins) of the divisive normalisation (all ones when
