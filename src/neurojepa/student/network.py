@@ -379,16 +379,14 @@ class StudentNet(nn.Module):
         self.register_buffer("readout_decay", torch.exp(-bin_size / taus))  # (K,) per-bin decay of each filter
         n_feat = cfg.n_exc * len(taus)
         # spike-frequency adaptation of E neurons (I neurons, fast-spiking, do not adapt): each spike adds b to a
-        # current that decays with adapt_tau; b makes the steady current adapt_strength rheobases per Hz of firing
+        # current that decays with adapt_tau; b makes the steady current adapt_strength rheobases per Hz of firing.
+        # Slow adaptation on a random fraction of E neurons (slow_adapt_fraction): a per-neuron decay replaces the
+        # scalar one and each neuron's b follows it; its own generator, so the rest of the initialisation is the
+        # same with or without
         self.adapt_rho = math.exp(-cfg.dt / cfg.adapt_tau)
-        b = _adapt_increment(cfg, self.adapt_rho)
-        self.register_buffer("adapt_b", torch.cat([torch.full((cfg.n_exc,), b), torch.zeros(cfg.n_inh)]))
-        # slow adaptation on a random fraction of E neurons (slow_adapt_fraction): a per-neuron decay replaces the
-        # scalar one, each neuron's increment follows it; its own generator, so the rest of the initialisation is
-        # the same with or without
         decay = self._slow_adaptation() if cfg.slow_adapt_fraction > 0 else None
-        if decay is not None:
-            self.adapt_b.copy_(torch.where(self.sign > 0, _adapt_increment(cfg, decay), torch.zeros(())))
+        b = torch.as_tensor(_adapt_increment(cfg, self.adapt_rho if decay is None else decay), dtype=torch.float32)
+        self.register_buffer("adapt_b", torch.where(self.sign > 0, b, torch.zeros(())))
         self.register_buffer("adapt_decay", decay, persistent=False)
         # edges of the homeostatic band per neuron (Hz): rate_low_hz / rate_high_hz, or rate_low_inh_hz /
         # rate_high_inh_hz for I neurons
