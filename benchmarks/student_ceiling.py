@@ -122,8 +122,9 @@ def window_starts(train: np.ndarray, length: int) -> np.ndarray:
 def trained_gru(counts: np.ndarray, latents: np.ndarray, train: np.ndarray, cfg: StudentConfig, hidden: int,
                 steps: int, seed: int) -> np.ndarray:
     """Hidden states (n, hidden) of a GRU trained with the student's CCA loss (readout Linear(hidden, D)) on random
-    burn_in + window training windows, then run causally on chunks of ``cfg.eval_chunk`` bins after a burn-in, as
-    the student is evaluated. Input: log1p counts standardised on the train rows."""
+    burn_in + window training windows, then run causally on chunks of ``cfg.eval_chunk`` bins, each after
+    ``cfg.eval_warmup`` bins of warm-up, as the student is evaluated. Input: log1p counts standardised on the train
+    rows."""
     import torch
 
     from neurojepa.metrics.cca import cca_loss
@@ -156,10 +157,10 @@ def trained_gru(counts: np.ndarray, latents: np.ndarray, train: np.ndarray, cfg:
     with torch.no_grad():
         for s0 in range(0, len(x), 64 * cfg.eval_chunk):
             cs = np.arange(s0, min(s0 + 64 * cfg.eval_chunk, len(x)), cfg.eval_chunk)
-            h, _ = gru(torch.from_numpy(chunk_inputs(x, cs, cfg.eval_chunk, cfg.burn_in)))
+            h, _ = gru(torch.from_numpy(chunk_inputs(x, cs, cfg.eval_chunk, cfg.eval_warmup)))
             for i, c in enumerate(cs):
                 n = min(cfg.eval_chunk, len(x) - c)
-                out[c:c + n] = h[i, cfg.burn_in:cfg.burn_in + n].numpy()
+                out[c:c + n] = h[i, cfg.eval_warmup:cfg.eval_warmup + n].numpy()
     return out
 
 

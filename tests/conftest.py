@@ -125,7 +125,7 @@ def toy_student():
     from neurojepa.synthetic.toy import synthetic_session
 
     torch.manual_seed(0)
-    cfg = StudentConfig(n_exc=24, n_inh=6, window=8, burn_in=2, batch_size=4, eval_chunk=40, eval_spike_chunks=8)
+    cfg = StudentConfig(n_exc=24, n_inh=6, window=8, burn_in=2, batch_size=4, eval_chunk=40, eval_warmup=4, eval_spike_chunks=8)
     counts, lat, split = synthetic_session(n_units=20, n_bins=3000, d=3, seed=0, block=100)
     net = StudentNet(20, 3, cfg, bin_size=0.01)
     net.calibrate_bias(torch.tensor(counts[:120].reshape(4, 30, 20).astype(np.float32)))

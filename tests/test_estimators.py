@@ -21,7 +21,7 @@ TINY = {"model.width": 16, "model.embed_dim": 8, "loss.replay_dims": 8, "model.h
         "train.batch_size": 16, "train.steps_per_epoch": 4, "train.max_epochs": 2, "train.progress": False,
         "train.val_windows": 16,
         "eval.baselines": False, "train.threads": 1}
-STUDENT_TINY = dict(n_exc=24, n_inh=6, window=16, burn_in=2, batch_size=8, eval_chunk=40, eval_spike_chunks=4,
+STUDENT_TINY = dict(n_exc=24, n_inh=6, window=16, burn_in=2, batch_size=8, eval_chunk=40, eval_warmup=4, eval_spike_chunks=4,
                     val_every=5, max_steps=20, readout_refit_steps=20, readout_refit_batch=1024, threads=1)
 
 

@@ -147,11 +147,11 @@ def test_student_readout_of_a_long_session_is_two_bounded_passes():
     assert z.shape == (len(counts), lat.shape[1]) and np.isfinite(z).all()
     assert peak < 0.8 * whole, f"traced peak {peak / 2**20:.1f} MB vs whole-session features {whole / 2**20:.1f} MB"
     # the returned readout is the refitted network's own causal readout of every bin
-    np.testing.assert_allclose(z, student_readout(net, counts, cfg.eval_chunk, cfg.burn_in, LONG_SESSION_BATCH),
+    np.testing.assert_allclose(z, student_readout(net, counts, cfg.eval_chunk, cfg.eval_warmup, LONG_SESSION_BATCH),
                                rtol=1e-6, atol=1e-6)
     rows = np.array([5, 17, 4_000, 11_999])
-    np.testing.assert_array_equal(student_features(net, counts, cfg.eval_chunk, cfg.burn_in, LONG_SESSION_BATCH, rows=rows),
-                                  student_features(net, counts, cfg.eval_chunk, cfg.burn_in, LONG_SESSION_BATCH)[rows])
+    np.testing.assert_array_equal(student_features(net, counts, cfg.eval_chunk, cfg.eval_warmup, LONG_SESSION_BATCH, rows=rows),
+                                  student_features(net, counts, cfg.eval_chunk, cfg.eval_warmup, LONG_SESSION_BATCH)[rows])
 
 
 def test_smoothing_baseline_held_in_memory_equals_the_row_source(monkeypatch):

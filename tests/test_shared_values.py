@@ -19,7 +19,7 @@ torch.set_num_threads(1)
 
 
 def _student(**kw):
-    cfg = StudentConfig(n_exc=24, n_inh=6, burn_in=2, eval_chunk=40, eval_spike_chunks=4, **kw)
+    cfg = StudentConfig(n_exc=24, n_inh=6, burn_in=2, eval_chunk=40, eval_warmup=4, eval_spike_chunks=4, **kw)
     counts, lat, split = synthetic_session(n_units=20, n_bins=2000, d=3, seed=0, block=100)
     torch.manual_seed(0)
     net = StudentNet(20, 3, cfg, bin_size=0.01)  # synthetic_session's 10 ms bins

@@ -17,7 +17,7 @@ from neurojepa.student.module import StudentModule
 from neurojepa.student.network import StudentNet
 from neurojepa.synthetic.toy import synthetic_session
 
-SMALL = dict(n_exc=24, n_inh=6, window=8, burn_in=2, batch_size=4, eval_chunk=40, eval_spike_chunks=4, val_every=5,
+SMALL = dict(n_exc=24, n_inh=6, window=8, burn_in=2, batch_size=4, eval_chunk=40, eval_warmup=4, eval_spike_chunks=4, val_every=5,
              readout_refit_steps=20, readout_refit_batch=1024)
 
 
@@ -310,6 +310,29 @@ def test_slow_adaptation_keeps_the_steady_strength_per_hz():
                 dict(slow_adapt_fraction=0.5, adapt_strength=0.0)):
         with pytest.raises(ValueError, match="slow_adapt"):
             StudentConfig(**bad)
+
+
+def test_evaluation_warmup_lets_the_slowest_readout_filter_settle_before_scored_bins():
+    """Evaluation runs the session in chunks, each after ``eval_warmup`` bins of its own past input: with the default
+    warm-up, the slowest readout filter (300 ms) starts each chunk where it runs later on (a settled network), while
+    an 80 ms warm-up (the one before session 21) leaves the first scored bins at a fraction of it."""
+    from neurojepa.student.evaluate import student_features
+
+    torch.manual_seed(0)
+    default = StudentConfig()
+    assert max(default.readout_taus) <= 0.3
+    cfg = StudentConfig(n_exc=24, n_inh=6, readout_taus=[0.3], adapt_strength=0.2, slow_adapt_fraction=0.5,
+                        eval_chunk=40)
+    counts, _, _ = synthetic_session(n_units=20, n_bins=2000, d=3, seed=0)
+    net = StudentNet(20, 3, cfg, bin_size=0.01)
+    net.calibrate_bias(torch.tensor(counts[None, :200].astype(np.float32)))
+
+    def start_over_late(warmup):  # mean filtered E count in a chunk's first 5 bins / in its last 20
+        f = student_features(net, counts, 40, warmup).reshape(-1, 40, 24).mean((0, 2))
+        return f[:5].mean() / f[20:].mean()
+
+    assert start_over_late(8) < 0.8
+    assert abs(start_over_late(default.eval_warmup) - 1) < 0.1
 
 
 def test_band_penalty_known_values():

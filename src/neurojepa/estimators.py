@@ -277,12 +277,12 @@ class Student(_Estimator):
     def simulate(self, counts) -> dict[str, np.ndarray]:
         """Drive the network with counts (n_bins, n_in): ``{"spikes": (n_bins * substeps, N) uint8`` (one row per
         ``dt`` step, E neurons first), ``"readout": (n_bins, D) float32}``. As in evaluation, time runs in causal
-        chunks of ``eval_chunk`` bins, each warmed up on its ``burn_in`` bins of past input."""
+        chunks of ``eval_chunk`` bins, each warmed up on its ``eval_warmup`` bins of past input."""
         from .student.evaluate import simulate_chunked
 
         self._require_fit()
         spikes, readout = simulate_chunked(self.net_, self._counts(counts), self.config.eval_chunk,
-                                           self.config.burn_in)
+                                           self.config.eval_warmup)
         return {"spikes": spikes, "readout": readout}
 
     def score(self, counts, latents, states=None, *, split=None) -> dict:

@@ -88,7 +88,8 @@ class StudentConfig:
     threads: int = 0  # torch threads for training and evaluation; 0 = every CPU this process may use
     progress: bool = True  # a progress bar on a terminal, one line per validation in a log file
     # evaluation
-    eval_chunk: int = 200  # bins per evaluation chunk (plus burn_in)
+    eval_chunk: int = 200  # bins per evaluation chunk (plus eval_warmup)
+    eval_warmup: int = 100  # bins of past input run before each evaluation chunk, not scored (1 s: slow readout filters, adaptation settle)
     eval_spike_chunks: int = 30  # chunks whose spike rasters feed the firing statistics
     silent_below_hz: float = 0.5  # a neuron below this rate on held-out data counts as silent (Hz)
     saturated_above_hz: float = 100.0  # a neuron above this rate counts as saturated (Hz)
@@ -109,6 +110,8 @@ class StudentConfig:
         low_i = self.rate_low_inh_hz or self.rate_low_hz
         if 0 < self.rate_high_inh_hz <= low_i:
             raise ValueError(f"rate_high_inh_hz ({self.rate_high_inh_hz}) must lie above the I neurons' lower edge ({low_i})")
+        if self.eval_warmup < 0:
+            raise ValueError(f"eval_warmup must be >= 0 (bins), got {self.eval_warmup}")
         if self.rec_rank < 0:
             raise ValueError(f"rec_rank must be >= 0 (0 = dense), got {self.rec_rank}")
         if self.homeostasis_per_state and self.homeostasis_per_window:

@@ -1,8 +1,9 @@
 """Scoring a trained student on held-out time blocks: the ``"student"`` section of metrics.json.
 
 * Readout for every bin: the whole session is run causally in chunks of ``eval_chunk`` bins, each preceded by
-  ``burn_in`` bins of its own past input (state warm-up, discarded), batched over chunks; bins before ``burn_in``
-  are left out of the scores.
+  ``eval_warmup`` bins of its own past input (state warm-up, discarded: long enough for the slowest readout filter,
+  so every scored bin sees a network that has been running), batched over chunks; bins before ``burn_in`` are left
+  out of the scores.
 * ``cca_heldout``: CCA directions fit on the train blocks (student readout vs teacher latents), correlations of each
   canonical pair on the test blocks; ``cca_null_mean``: the same against circularly time-shifted teacher latents.
 * Firing statistics on held-out (test) chunks (:func:`firing_summary`): rates (Hz; medians of all, E and I neurons
@@ -183,11 +184,11 @@ def firing_statistics(net: StudentNet, counts: np.ndarray, test_mask: np.ndarray
     if len(starts) == 0:
         return {}
     starts = starts[np.linspace(0, len(starts) - 1, min(cfg.eval_spike_chunks, len(starts))).astype(int)]
-    spikes = _run_chunks(net, counts, starts, chunk, cfg.burn_in)["spikes"]
+    spikes = _run_chunks(net, counts, starts, chunk, cfg.eval_warmup)["spikes"]
     if record is not None:
         record.update(spikes=spikes, chunk_start_bin=starts)
     cur_idx = _current_chunks(starts, chunk, state)
-    cur = _run_chunks(net, counts, starts[cur_idx], chunk, cfg.burn_in, record_currents=True)
+    cur = _run_chunks(net, counts, starts[cur_idx], chunk, cfg.eval_warmup, record_currents=True)
     ne = net.n_exc
     summary = firing_summary(spikes, ne, cfg, cur["i_exc"], cur["i_inh"])
     r = spiking.rate_hz(spikes, cfg.dt)
@@ -329,7 +330,7 @@ def evaluate_student(net: StudentNet, counts: np.ndarray, latents: np.ndarray, s
         raise InputError("flash_window_ms", "the student's decoding needs the teacher's flash window: pass "
                                             "flash_window_ms (the teacher's eval.flash_window_ms) or the teacher's "
                                             "decoding metrics, which record it")
-    z = student_readout(net, counts, cfg.eval_chunk, cfg.burn_in) if readout is None else readout
+    z = student_readout(net, counts, cfg.eval_chunk, cfg.eval_warmup) if readout is None else readout
     tr = train_mask(split, state, train_states, cfg.burn_in)
     valid = np.arange(len(z)) >= cfg.burn_in
     te = valid & (split == "test") & _in_states(state, test_states, len(z))

@@ -2,7 +2,7 @@
 
 Which bins: evaluation (evaluate.py, ``firing_statistics``) simulates up to ``eval_spike_chunks`` chunks of
 ``eval_chunk`` bins that lie wholly in test blocks (of the test states), evenly spaced over them, each after
-``burn_in`` bins of its own past input (warm-up, not kept). Those spikes -- the same ones behind ``rate_hz_median``,
+``eval_warmup`` bins of its own past input (warm-up, not kept). Those spikes -- the same ones behind ``rate_hz_median``,
 ``cv_isi_median`` and the report's raster -- are stored sparsely (compressed npz, no pickle)::
 
     chunk_start_bin  (B,) int64    first bin of each chunk, an index into the prepared dataset's bins

@@ -144,13 +144,13 @@ def finish_readout(net: StudentNet, counts: np.ndarray, latents: np.ndarray, tra
     width = len(cfg.readout_taus) * net.n_exc
     cap = max(1, int(cfg.feature_memory_mb * 2**20 // (4 * width)))
     if len(counts) <= cap:
-        feats = student_features(net, counts, cfg.eval_chunk, cfg.burn_in)
+        feats = student_features(net, counts, cfg.eval_chunk, cfg.eval_warmup)
         lat, rows = latents, train
     else:
         rows_kept = train[np.linspace(0, len(train) - 1, min(cap, len(train))).astype(int)] if len(train) else train
         log.info("student: %d bins exceed feature_memory_mb=%d; readout refit on %d evenly spaced train bins, "
                  "then a second simulation for the readout", len(counts), cfg.feature_memory_mb, len(rows_kept))
-        feats = student_features(net, counts, cfg.eval_chunk, cfg.burn_in, LONG_SESSION_BATCH, rows=rows_kept)
+        feats = student_features(net, counts, cfg.eval_chunk, cfg.eval_warmup, LONG_SESSION_BATCH, rows=rows_kept)
         lat, rows = latents[rows_kept], np.arange(len(rows_kept))
     if cfg.readout_refit_steps > 0:
         hist = refit_readout(net, feats, lat, rows, cfg)
@@ -161,7 +161,7 @@ def finish_readout(net: StudentNet, counts: np.ndarray, latents: np.ndarray, tra
         z = apply_readout(net, feats)
     else:
         del feats
-        z = student_readout(net, counts, cfg.eval_chunk, cfg.burn_in, LONG_SESSION_BATCH)
+        z = student_readout(net, counts, cfg.eval_chunk, cfg.eval_warmup, LONG_SESSION_BATCH)
     net.refit_seconds = time.time() - t0  # includes the simulation(s) of the session that evaluation reuses
     return z
 
