@@ -64,7 +64,7 @@ def test_replay_dims_beyond_embed_dim_is_an_input_error_naming_the_key():
     from neurojepa.pipeline import load_run_config
     from neurojepa.teacher.config import TeacherConfig, check_choices
 
-    for preset in (None, "fast", "vbn", "student_2ms", "student_large"):  # the shipped configs pass
+    for preset in (None, "fast", "vbn", "student_2ms", "student_large", "student_slow"):  # the shipped configs pass
         check_choices(load_run_config(preset).teacher)
     cfg = TeacherConfig()
     cfg.model.embed_dim = 16
@@ -122,6 +122,21 @@ def test_student_large_preset_is_the_low_rank_1280_neuron_student():
     net = StudentNet(5, 2, s, bin_size=0.01)
     assert (net.substeps, net.n_ref) == (5, 2)
     assert net.rec.factors()[0].shape == (1280, 64)
+
+
+def test_student_slow_preset_is_student_large_with_slow_time_scales():
+    """`student_slow` is `student_large` plus slow synapses and slow adaptation on half the neurons and 720 ms training
+    windows after a 320 ms warm-up (docs/student.md, session 21); everything else, the teacher included, as there."""
+    from neurojepa.config import to_dict
+    from neurojepa.pipeline import load_run_config
+
+    slow, large = load_run_config("student_slow"), load_run_config("student_large")
+    changed = {k for k, v in to_dict(slow.student).items() if v != to_dict(large.student)[k]}
+    assert changed == {"slow_syn_fraction", "slow_adapt_fraction", "window", "batch_size", "burn_in",
+                       "feature_memory_mb", "max_minutes"}
+    s = slow.student
+    assert (s.slow_syn_fraction, s.slow_adapt_fraction, s.window, s.batch_size, s.burn_in) == (0.5, 0.5, 64, 16, 32)
+    assert slow.teacher == large.teacher and slow.simulate == large.simulate
 
 
 def test_a_file_that_is_not_a_mapping_is_one_short_input_error(tmp_path):

@@ -88,8 +88,8 @@ PRESETS_DIR = Path(__file__).parent / "configs"
 
 
 def preset_path(name_or_file: str | Path) -> Path:
-    """A YAML file as given, or a preset by name (``default``, ``fast``, ``vbn``, ``student_2ms``, ``student_large``:
-    ``neurojepa/configs/NAME.yaml``)."""
+    """A YAML file as given, or a preset by name (``default``, ``fast``, ``vbn``, ``student_2ms``, ``student_large``,
+    ``student_slow``: ``neurojepa/configs/NAME.yaml``)."""
     p = Path(name_or_file)
     if p.is_file() or p.suffix in (".yaml", ".yml"):
         return p
