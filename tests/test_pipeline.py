@@ -141,7 +141,7 @@ def test_presets_resolve_and_unknown_preset_is_refused():
     fast = load_run_config("fast")
     assert fast.simulate.units == 80
     assert tiny_config().simulate.units == 60 and tiny_config().teacher.train.max_epochs == fast.teacher.train.max_epochs
-    with pytest.raises(InputError, match="presets: default, fast, student_2ms, student_large, vbn"):
+    with pytest.raises(InputError, match="presets: default, fast, student_2ms, student_large, student_slow, vbn"):
         load_run_config("fastest")
 
 
