@@ -41,25 +41,25 @@ from .network import StudentNet
 log = logging.getLogger(__name__)
 
 
-def chunk_inputs(counts: np.ndarray, starts: np.ndarray, chunk: int, burn_in: int) -> np.ndarray:
-    """Rows [s - burn_in, s + chunk) of counts (n_bins, n_in) for each start s, zero-padded at the session's ends,
-    (len(starts), burn_in + chunk, n_in) float32: the causal evaluation chunks."""
+def chunk_inputs(counts: np.ndarray, starts: np.ndarray, chunk: int, warmup: int) -> np.ndarray:
+    """Rows [s - warmup, s + chunk) of counts (n_bins, n_in) for each start s, zero-padded at the session's ends,
+    (len(starts), warmup + chunk, n_in) float32: the causal evaluation chunks."""
     n_bins = len(counts)
-    x = np.zeros((len(starts), burn_in + chunk, counts.shape[1]), np.float32)
+    x = np.zeros((len(starts), warmup + chunk, counts.shape[1]), np.float32)
     for i, s in enumerate(starts):
-        a, b = max(s - burn_in, 0), min(s + chunk, n_bins)
-        x[i, a - (s - burn_in): b - (s - burn_in)] = counts[a:b]
+        a, b = max(s - warmup, 0), min(s + chunk, n_bins)
+        x[i, a - (s - warmup): b - (s - warmup)] = counts[a:b]
     return x
 
 
-def _run_chunks(net: StudentNet, counts: np.ndarray, starts: np.ndarray, chunk: int, burn_in: int,
+def _run_chunks(net: StudentNet, counts: np.ndarray, starts: np.ndarray, chunk: int, warmup: int,
                 record_currents: bool = False) -> dict[str, np.ndarray]:
-    """Simulate chunks [s - burn_in, s + chunk) (zero-padded at the ends) in one batch; returns readout
+    """Simulate chunks [s - warmup, s + chunk) (zero-padded at the ends) in one batch; returns readout
     (B, chunk, D), the readout's input features (B, chunk, K * n_exc) and spikes (B, chunk * substeps, N) uint8,
-    without the burn-in (and the input currents if asked)."""
-    res = net.simulate(torch.from_numpy(chunk_inputs(counts, starts, chunk, burn_in)), record_currents=record_currents)
-    k = burn_in * net.substeps
-    out = {"readout": res["readout"][:, burn_in:].numpy(), "features": res["features"][:, burn_in:].numpy(),
+    without the warm-up (and the input currents if asked)."""
+    res = net.simulate(torch.from_numpy(chunk_inputs(counts, starts, chunk, warmup)), record_currents=record_currents)
+    k = warmup * net.substeps
+    out = {"readout": res["readout"][:, warmup:].numpy(), "features": res["features"][:, warmup:].numpy(),
            "spikes": res["spikes"][k:].permute(1, 0, 2).numpy()}
     if record_currents:
         out["i_exc"] = res["i_exc"][k:].permute(1, 0, 2).numpy()
@@ -67,15 +67,15 @@ def _run_chunks(net: StudentNet, counts: np.ndarray, starts: np.ndarray, chunk: 
     return out
 
 
-def student_features(net: StudentNet, counts: np.ndarray, chunk: int, burn_in: int,
+def student_features(net: StudentNet, counts: np.ndarray, chunk: int, warmup: int,
                      batch: int = 64, rows: np.ndarray | None = None) -> np.ndarray:
     """The readout's input for every bin, (n_bins, K * n_exc) float32 (filtered E spike counts), from a causal
     chunked simulation of counts (n_bins, n_in); ``net.readout`` of it is the student's readout. ``rows``: keep
     only these bins' features (sorted indices; (len(rows), K * n_exc)), so a long session's are never held whole."""
-    return _whole_session(net, counts, chunk, burn_in, batch, ("features",), rows)["features"]
+    return _whole_session(net, counts, chunk, warmup, batch, ("features",), rows)["features"]
 
 
-def _whole_session(net: StudentNet, counts: np.ndarray, chunk: int, burn_in: int, batch: int,
+def _whole_session(net: StudentNet, counts: np.ndarray, chunk: int, warmup: int, batch: int,
                    keys: tuple[str, ...], rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Every bin of counts (n_bins, n_in) simulated in causal chunks, ``batch`` chunks at a time; for each of
     ``keys`` (outputs of :func:`_run_chunks`) its rows in time order, (n_bins * rows per bin, width), or with
@@ -85,7 +85,7 @@ def _whole_session(net: StudentNet, counts: np.ndarray, chunk: int, burn_in: int
     out: dict[str, np.ndarray] = {}
     for i in range(0, len(starts), batch):
         s = starts[i:i + batch]
-        res = _run_chunks(net, counts, s, chunk, burn_in)
+        res = _run_chunks(net, counts, s, chunk, warmup)
         for k in keys:
             v = res[k]
             per = v.shape[1] // chunk  # rows per bin: 1, or the sub-steps of spikes
@@ -103,12 +103,12 @@ def _whole_session(net: StudentNet, counts: np.ndarray, chunk: int, burn_in: int
     return {k: v[: n_bins * (len(v) // (len(starts) * chunk))] for k, v in out.items()}
 
 
-def simulate_chunked(net: StudentNet, counts: np.ndarray, chunk: int, burn_in: int,
+def simulate_chunked(net: StudentNet, counts: np.ndarray, chunk: int, warmup: int,
                      batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """The student driven by counts (n_bins, n_in) the way evaluation drives it: causal chunks of ``chunk`` bins,
-    each warmed up on its own ``burn_in`` bins of past input. Returns spikes (n_bins * substeps, N) uint8, one row
+    each warmed up on its own ``warmup`` bins of past input. Returns spikes (n_bins * substeps, N) uint8, one row
     per ``dt`` step (E neurons first), and the readout (n_bins, D) float32."""
-    res = _whole_session(net, counts, chunk, burn_in, batch, ("spikes", "readout"))
+    res = _whole_session(net, counts, chunk, warmup, batch, ("spikes", "readout"))
     return res["spikes"], res["readout"]
 
 
@@ -119,11 +119,11 @@ def apply_readout(net: StudentNet, features: np.ndarray, block: int = 50_000) ->
                            for i in range(0, len(features), block)]) if len(features) else np.zeros((0, net.n_out))
 
 
-def student_readout(net: StudentNet, counts: np.ndarray, chunk: int, burn_in: int,
+def student_readout(net: StudentNet, counts: np.ndarray, chunk: int, warmup: int,
                     batch: int = 64) -> np.ndarray:
     """Readout (n_bins, D) float32 for every bin of counts (n_bins, n_in), causal (chunked with warm-up); the
     simulation keeps only the readout of each chunk (memory: (n_bins, D), whatever the network's width)."""
-    return _whole_session(net, counts, chunk, burn_in, batch, ("readout",))["readout"]
+    return _whole_session(net, counts, chunk, warmup, batch, ("readout",))["readout"]
 
 
 def _current_chunks(starts: np.ndarray, chunk: int, state: np.ndarray | None, n: int = 8) -> np.ndarray:
