@@ -537,6 +537,28 @@ def test_inhibitory_neurons_get_their_own_band_floor_and_start_above_excitatory_
     assert 7 < rate[same.n_exc:].median().item() < 13
 
 
+def test_excitatory_penalty_band_can_sit_inside_the_reported_band():
+    """rate_low_exc_hz / rate_high_exc_hz narrow the E neurons' penalty band (headroom for a state never seen in
+    training); the reported fraction in band keeps the 5-20 Hz of rate_low_hz / rate_high_hz."""
+    from neurojepa.student.evaluate import firing_summary
+
+    net, _, _ = _net(rate_low_exc_hz=7.0, rate_high_exc_hz=17.0, rate_high_inh_hz=16.0)
+    ne = net.n_exc
+    assert net.band_low[:ne].eq(7.0).all() and net.band_high[:ne].eq(17.0).all()
+    assert net.band_low[ne:].eq(10.0).all() and net.band_high[ne:].eq(16.0).all()
+    with pytest.raises(ValueError, match="rate_low_exc_hz"):
+        StudentConfig(rate_low_exc_hz=18.0, rate_high_exc_hz=17.0)
+    with pytest.raises(ValueError, match="rate_low_exc_hz"):
+        StudentConfig(rate_low_exc_hz=25.0)  # above the 20 Hz it falls back to
+    # 6 Hz and 18 Hz E neurons: outside the penalty band, inside the reported one; a 30 Hz neuron is outside both
+    steps = 1000  # 1 s at dt 1 ms
+    spikes = np.zeros((1, steps, 3), bool)
+    for j, hz in enumerate([6, 18, 30]):
+        spikes[0, np.linspace(0, steps - 1, hz).astype(int), j] = True
+    assert band_penalty(torch.tensor([6.0, 18.0]), net.band_low[:2], net.band_high[:2]).item() > 0
+    assert firing_summary(spikes, 3, net.cfg)["frac_in_band"] == pytest.approx(2 / 3)
+
+
 def test_spectral_radius_estimate_matches_eigenvalues():
     from neurojepa.student.dale import balanced_recurrent, spectral_radius_of
 

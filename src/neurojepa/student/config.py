@@ -64,6 +64,8 @@ class StudentConfig:
     # losses
     rate_low_hz: float = 5.0  # lower edge of the homeostatic band (Hz)
     rate_high_hz: float = 20.0  # upper edge of the homeostatic band (Hz)
+    rate_low_exc_hz: float = 0.0  # lower edge of the band for E neurons in the penalty (Hz; above rate_low_hz leaves headroom for a state that drives them less); 0 = rate_low_hz
+    rate_high_exc_hz: float = 0.0  # upper edge of the band for E neurons in the penalty (Hz; below rate_high_hz leaves headroom for a state that drives them harder); 0 = rate_high_hz
     rate_low_inh_hz: float = 10.0  # lower edge of the band for I neurons in the penalty (Hz; fast-spiking cells fire above E); 0 = rate_low_hz
     rate_high_inh_hz: float = 0.0  # upper edge of the band for I neurons in the penalty (Hz; below rate_high_hz leaves headroom for a state that drives them harder); 0 = rate_high_hz
     homeostasis_weight: float = 1.5  # per Hz^2, mean over neurons
@@ -109,6 +111,10 @@ class StudentConfig:
             raise ValueError(f"slow_adapt_tau must be [min, max] with 0 < min <= max (s), got {self.slow_adapt_tau}")
         if self.slow_adapt_fraction > 0 and self.adapt_strength <= 0:
             raise ValueError("slow_adapt_fraction > 0 needs spike-frequency adaptation (adapt_strength > 0)")
+        low_e, high_e = self.rate_low_exc_hz or self.rate_low_hz, self.rate_high_exc_hz or self.rate_high_hz
+        if not 0 <= low_e < high_e:
+            raise ValueError(f"the E neurons' penalty band must have 0 <= low < high (Hz), got [{low_e}, {high_e}] "
+                             "(rate_low_exc_hz / rate_high_exc_hz, 0 = rate_low_hz / rate_high_hz)")
         low_i = self.rate_low_inh_hz or self.rate_low_hz
         if 0 < self.rate_high_inh_hz <= low_i:
             raise ValueError(f"rate_high_inh_hz ({self.rate_high_inh_hz}) must lie above the I neurons' lower edge ({low_i})")
