@@ -114,11 +114,10 @@ class StudentConfig:
             raise ValueError(f"slow_adapt_tau must be [min, max] with 0 < min <= max (s), got {self.slow_adapt_tau}")
         if self.slow_adapt_fraction > 0 and self.adapt_strength <= 0:
             raise ValueError("slow_adapt_fraction > 0 needs spike-frequency adaptation (adapt_strength > 0)")
-        low_e, high_e = self.rate_low_exc_hz or self.rate_low_hz, self.rate_high_exc_hz or self.rate_high_hz
+        (low_e, high_e), (low_i, _) = self.penalty_bands()
         if not 0 <= low_e < high_e:
             raise ValueError(f"the E neurons' penalty band must have 0 <= low < high (Hz), got [{low_e}, {high_e}] "
                              "(rate_low_exc_hz / rate_high_exc_hz, 0 = rate_low_hz / rate_high_hz)")
-        low_i = self.rate_low_inh_hz or self.rate_low_hz
         if 0 < self.rate_high_inh_hz <= low_i:
             raise ValueError(f"rate_high_inh_hz ({self.rate_high_inh_hz}) must lie above the I neurons' lower edge ({low_i})")
         if self.eval_warmup < 0:
@@ -129,6 +128,16 @@ class StudentConfig:
             raise ValueError("homeostasis_per_state and homeostasis_per_window exclude each other (a window has one state)")
         if self.rec_rank > 0 and self.p_connect < 1:
             raise ValueError("rec_rank > 0 (low-rank recurrence) cannot take a sparse mask: set p_connect = 1")
+
+    def penalty_bands(self) -> tuple[tuple[float, float], tuple[float, float]]:
+        """((low, high) of E neurons, (low, high) of I neurons) in Hz: the homeostatic penalty's band edges, each
+        ``rate_*_exc_hz`` / ``rate_*_inh_hz`` where set (> 0), else ``rate_low_hz`` / ``rate_high_hz`` (the band
+        the firing statistics report)."""
+        def edge(own: float, shared: float) -> float:
+            return float(own or shared)
+
+        return ((edge(self.rate_low_exc_hz, self.rate_low_hz), edge(self.rate_high_exc_hz, self.rate_high_hz)),
+                (edge(self.rate_low_inh_hz, self.rate_low_hz), edge(self.rate_high_inh_hz, self.rate_high_hz)))
 
     @property
     def n_neurons(self) -> int:

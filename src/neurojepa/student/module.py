@@ -1,7 +1,7 @@
 """The distillation step as a LightningModule: the whole training story on one screen.
 
 loss = cca_loss(student readout, teacher latents)            # minus the sum of canonical correlations (float64)
-       + homeostasis_weight * band_penalty(rates in Hz)      # rate_low_hz..rate_high_hz per neuron (I: rate_*_inh_hz)
+       + homeostasis_weight * band_penalty(rates in Hz)      # per neuron: StudentConfig.penalty_bands()
                                                              # (pooled over the batch, per window, or per state)
        + l1_weight * mean |W_rec|                           # optional sparsity
        (+ rate_floor_hz, burst_weight terms: optional, off by default; see docs/student.md)

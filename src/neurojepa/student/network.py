@@ -388,17 +388,10 @@ class StudentNet(nn.Module):
         b = torch.as_tensor(_adapt_increment(cfg, self.adapt_rho if decay is None else decay), dtype=torch.float32)
         self.register_buffer("adapt_b", torch.where(self.sign > 0, b, torch.zeros(())))
         self.register_buffer("adapt_decay", decay, persistent=False)
-        # edges of the homeostatic band per neuron (Hz): rate_low_hz / rate_high_hz, or rate_low_exc_hz /
-        # rate_high_exc_hz for E neurons and rate_low_inh_hz / rate_high_inh_hz for I neurons where set
-        low, high = torch.full((n,), float(cfg.rate_low_hz)), torch.full((n,), float(cfg.rate_high_hz))
-        if cfg.rate_low_exc_hz > 0:
-            low[:cfg.n_exc] = cfg.rate_low_exc_hz
-        if cfg.rate_high_exc_hz > 0:
-            high[:cfg.n_exc] = cfg.rate_high_exc_hz
-        if cfg.rate_low_inh_hz > 0:
-            low[cfg.n_exc:] = cfg.rate_low_inh_hz
-        if cfg.rate_high_inh_hz > 0:
-            high[cfg.n_exc:] = cfg.rate_high_inh_hz
+        # edges of the homeostatic band per neuron (Hz), E neurons first (StudentConfig.penalty_bands)
+        (low_e, high_e), (low_i, high_i) = cfg.penalty_bands()
+        low, high = torch.full((n,), low_i), torch.full((n,), high_i)
+        low[:cfg.n_exc], high[:cfg.n_exc] = low_e, high_e
         self.register_buffer("band_low", low, persistent=False)
         self.register_buffer("band_high", high, persistent=False)
         # divisive input normalisation (input_norm_tau > 0): the reference population count per bin, set from the
