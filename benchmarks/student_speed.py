@@ -16,6 +16,13 @@ its fused step is than the dense one's:
 
     .venv/bin/python benchmarks/student_speed.py --neurons 320 1280 4096 --rank 32 --repeats 3
 
+``--config NAME`` starts from a preset's student (e.g. ``student_slow``: low-rank recurrence, slow synapses,
+per-neuron slow adaptation, feed-forward inhibition, 2 ms steps) instead of the defaults; ``--neurons`` and
+``--rank`` still set the sizes (the preset's own rank with ``--rank`` 0 and a preset). On a GPU every variant --
+dense or low-rank, scalar or per-neuron adaptation -- replays as CUDA graphs with one kernel per step:
+
+    python benchmarks/student_speed.py --device cuda --neurons 320 4096 16384 --config student_slow --out speed.json
+
 The fused path saves (a) the per-step input projection (computed once per 10 ms bin instead of per 1 ms step) --
 shared by both here, since both use ``StudentNet.input_current`` --, (b) the autograd graph of T small steps: its
 forward loop runs without autograd and its backward is hand-written BPTT, one matmul and a few fused element-wise
@@ -84,9 +91,18 @@ def profile(net: StudentNet, fwd, x, target, rows: int = 12) -> None:
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=rows, max_name_column_width=60))
 
 
+def base_config(name: str | None) -> StudentConfig:
+    """The defaults, or a preset's student section (``--config``)."""
+    if not name:
+        return StudentConfig()
+    from neurojepa.pipeline import load_stage_config
+
+    return load_stage_config("student", name)
+
+
 def bench_size(n_neurons: int, args, rank: int = 0) -> dict:
     n_inh = n_neurons // 5
-    cfg = dataclasses.replace(StudentConfig(), n_exc=n_neurons - n_inh, n_inh=n_inh, rec_rank=rank)
+    cfg = dataclasses.replace(base_config(args.config), n_exc=n_neurons - n_inh, n_inh=n_inh, rec_rank=rank)
     counts, lat, _ = synthetic_session(args.units, args.batch * args.bins, 16, seed=0)
     x = torch.tensor(counts.reshape(args.batch, args.bins, args.units).astype(np.float32), device=args.device)
     target = torch.tensor(lat.reshape(args.batch, args.bins, 16), device=args.device)
@@ -96,7 +112,8 @@ def bench_size(n_neurons: int, args, rank: int = 0) -> dict:
     paths = _paths(net, args.device)
 
     ref_spikes, ref_grads = _step(net, paths["snntorch"], x, target)  # also the warm-up (and graph capture)
-    row = {"neurons": n_neurons, "n_exc": cfg.n_exc, "n_inh": cfg.n_inh, "rec_rank": rank, "batch": args.batch,
+    row = {"neurons": n_neurons, "n_exc": cfg.n_exc, "n_inh": cfg.n_inh, "rec_rank": rank, "config": args.config,
+           "batch": args.batch,
            "lif_steps": args.bins * net.substeps, "inputs": args.units, "device": args.device,
            "mean_rate_hz": ref_spikes.float().mean().item() / cfg.dt, "spikes": int(ref_spikes.sum()), "paths": {}}
     for name, fwd in list(paths.items()):
@@ -148,23 +165,29 @@ def main(argv=None) -> int:
     ap.add_argument("--out", help="also write the results as JSON here")
     ap.add_argument("--profile", type=int, default=0, help="GPU: print the kernels of one step at this size")
     ap.add_argument("--rank", type=int, default=0, help="also time low-rank recurrence of this rank (rec_rank)")
+    ap.add_argument("--config", help="start from this preset's student (e.g. student_slow) instead of the defaults")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("student_speed: --device cuda but torch sees no CUDA GPU", file=sys.stderr)
         return 2
     where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {args.threads} thread(s)"
-    print(f"student training step (forward + backward), {where}, torch {torch.__version__}: batch {args.batch}, "
-          f"{args.bins * 10} LIF steps of 1 ms, {args.units} inputs; median of {args.repeats}")
+    dt_ms = base_config(args.config).dt * 1e3
+    print(f"student training step (forward + backward), {where}, torch {torch.__version__}: "
+          f"{args.config or 'default'} student, batch {args.batch}, {args.bins * round(10 / dt_ms)} LIF steps of "
+          f"{dt_ms:g} ms, {args.units} inputs; median of {args.repeats}")
+    preset_rank = base_config(args.config).rec_rank if args.config else 0
+    ranks = [0, args.rank] if args.rank > 0 else [preset_rank]
     rows, ok = [], True
-    for n, rank in ((n, r) for n in args.neurons for r in ([0, args.rank] if args.rank > 0 else [0])):
+    for n, rank in ((n, r) for n in args.neurons for r in ranks):
         row = bench_size(n, args, rank)
         rows.append(row)
         kind = f", low-rank recurrence (rank {rank})" if rank else ""
         print(f"\n{row['n_exc']}E+{row['n_inh']}I neurons{kind}, mean rate {row['mean_rate_hz']:.1f} Hz, "
               f"{row['spikes']} spikes")
-        if rank and "ms" in rows[-2]["paths"].get("fused", {}) and "ms" in row["paths"].get("fused", {}):
-            row["fused_speedup_over_dense"] = rows[-2]["paths"]["fused"]["ms"] / row["paths"]["fused"]["ms"]
+        dense = rows[-2] if len(rows) > 1 and rows[-2]["neurons"] == n and rows[-2]["rec_rank"] == 0 else None
+        if rank and dense and "ms" in dense["paths"].get("fused", {}) and "ms" in row["paths"].get("fused", {}):
+            row["fused_speedup_over_dense"] = dense["paths"]["fused"]["ms"] / row["paths"]["fused"]["ms"]
             print(f"  fused step {row['fused_speedup_over_dense']:.2f}x faster than the dense network's")
         for name, r in row["paths"].items():
             if "error" in r:

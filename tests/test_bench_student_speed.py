@@ -34,3 +34,12 @@ def test_a_path_whose_spikes_differ_fails_the_run(monkeypatch):
 
     monkeypatch.setattr(bench, "_paths", broken)
     assert bench.main(TINY) == 1
+
+
+def test_a_preset_student_is_timed_with_its_own_rank_and_time_step(tmp_path):
+    out = tmp_path / "speed.json"
+    assert benchmark("student_speed").main(TINY + ["--config", "student_slow", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["config"], r["rec_rank"]) for r in rows] == [("student_slow", 32)]
+    assert rows[0]["lif_steps"] == 4 * 5  # 2 ms steps: 5 per 10 ms bin
+    assert rows[0]["spikes"] > 0 and rows[0]["paths"]["fused"]["spikes_identical"]

@@ -31,6 +31,22 @@ def _net(seed=0, **kw):
     return net, x, torch.tensor(lat[:120].reshape(4, 30, 3))
 
 
+def _assert_fused_equals_reference(net, x):
+    """One forward + backward through the fused network and the snntorch reference, with the same background noise:
+    identical spikes (and not two silent networks), equal gradients."""
+    runs = []
+    for fwd in (net.forward, net.forward_reference):
+        torch.manual_seed(1)
+        out = fwd(x)
+        (out["readout"].pow(2).mean() + out["spikes"].mean()).backward()
+        runs.append((out["spikes"].detach(), {n: p.grad.clone() for n, p in net.named_parameters()}))
+        net.zero_grad()
+    assert runs[0][0].sum() > 50
+    assert torch.equal(runs[0][0], runs[1][0])
+    for name in runs[0][1]:
+        torch.testing.assert_close(runs[0][1][name], runs[1][1][name], rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("kw", [dict(adapt_strength=0.0, readout_taus=[0.05]),
                                 dict(adapt_strength=0.2, readout_taus=[0.01, 0.03, 0.1]),
                                 dict(adapt_strength=0.2, readout_taus=[0.01, 0.1], rec_rank=4),
@@ -39,43 +55,75 @@ def _net(seed=0, **kw):
                                 dict(rec_rank=4, adapt_strength=0.2, slow_adapt_fraction=0.5, slow_adapt_tau=[0.05, 0.5])])
 def test_fast_network_equals_snntorch_reference(kw):
     net, x, _ = _net(**kw)
-    grads, spikes = [], []
-    for fwd in (net.forward, net.forward_reference):
-        torch.manual_seed(1)  # same background noise
-        out = fwd(x)
-        (out["readout"].pow(2).mean() + out["spikes"].mean()).backward()
-        spikes.append(out["spikes"].detach())
-        grads.append({n: p.grad.clone() for n, p in net.named_parameters()})
-        net.zero_grad()
-    assert spikes[0].sum() > 50  # the comparison is not between two silent networks
-    assert torch.equal(spikes[0], spikes[1])
-    for name in grads[0]:
-        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-6)
+    _assert_fused_equals_reference(net, x)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("step_kernels", [False, True])
-@pytest.mark.parametrize("adapt", [0.0, 0.2])
-def test_cuda_graph_replay_equals_snntorch_reference_on_gpu(step_kernels, adapt, monkeypatch):
+@pytest.mark.parametrize("kw", [dict(adapt_strength=0.0), dict(adapt_strength=0.2), dict(rec_rank=4),
+                                dict(rec_rank=4, adapt_strength=0.2, slow_adapt_fraction=0.5,
+                                     slow_adapt_tau=[0.05, 0.5], slow_syn_fraction=0.5)])
+def test_cuda_graph_replay_equals_snntorch_reference_on_gpu(step_kernels, kw, monkeypatch):
     from neurojepa.student import network
 
     monkeypatch.setattr(network, "STEP_KERNELS", step_kernels)
-    net, x, _ = _net(adapt_strength=adapt, readout_taus=[0.01, 0.1])
+    net, x, _ = _net(readout_taus=[0.01, 0.1], **kw)
     net, x = net.cuda(), x.cuda()
     assert net.cfg.cuda_graphs  # the default
     for _ in range(2):  # the first call captures the graphs, the second replays the cached ones
-        runs = []
-        for fwd in (net.forward, net.forward_reference):
-            torch.manual_seed(1)
-            out = fwd(x)
-            (out["readout"].pow(2).mean() + out["spikes"].mean()).backward()
-            runs.append((out["spikes"].detach(), {n: p.grad.clone() for n, p in net.named_parameters()}))
-            net.zero_grad()
-        assert runs[0][0].sum() > 50
-        assert torch.equal(runs[0][0], runs[1][0])
-        for name in runs[0][1]:
-            torch.testing.assert_close(runs[0][1][name], runs[1][1][name], rtol=1e-4, atol=1e-6)
+        _assert_fused_equals_reference(net, x)
     assert any(k[0] == "fwd" for k in network._GRAPHS) and any(k[0] == "bwd" for k in network._GRAPHS)
+
+
+def _lif_step_torch(xt, lin, a, s, u, cnt, beta, b, rho, theta=1.0, nref=0.0):
+    """network._FWD_STEP's formulas, one torch operation per rounding, as the CUDA kernel rounds them."""
+    g = (cnt == 0).to(xt.dtype)
+    an = a * rho + s * b
+    un = beta * u + (xt + lin - an) * g - s * theta
+    sn = (un > theta).to(xt.dtype)
+    return an, un, g, sn, torch.where(sn > 0, torch.full_like(cnt, nref), (cnt - 1).clamp_min(0))
+
+
+def _lif_back_torch(gs, mem, gate, gu, beta, theta=1.0, slope=1.0):
+    """network._BWD_STEP's formulas."""
+    d = slope * (mem - theta).abs() + 1
+    g = gs / (d * d) + beta * gu
+    return g, g * gate
+
+
+@pytest.mark.parametrize("step_kernels", [False, True])
+@pytest.mark.parametrize("kw", [dict(adapt_strength=0.2), dict(rec_rank=4, adapt_strength=0.0),
+                                dict(rec_rank=4, adapt_strength=0.2, slow_adapt_fraction=0.5,
+                                     slow_adapt_tau=[0.05, 0.5])])
+def test_graphed_loops_take_every_network_on_cpu(kw, step_kernels, monkeypatch):
+    """The code around the CUDA graphs and the step kernels, on CPU: a graph's replay as a plain call on copies of
+    its static inputs, the two CUDA kernels as their formulas in torch. Dense and low-rank recurrence, scalar and
+    per-neuron adaptation: spikes equal the snntorch reference's, gradients agree. (The kernels themselves and
+    real graph capture are checked on a GPU by the test above.)"""
+    from neurojepa.student import network
+
+    keys, steps = [], []
+
+    def replay(key, fn, inputs):
+        keys.append(key)
+        return tuple(o.clone() for o in fn(*[t.detach().clone() for t in inputs]))
+
+    def counted(fn):
+        def run(*a, **k):
+            steps.append(fn.__name__)
+            return fn(*a, **k)
+        return run
+
+    monkeypatch.setattr(network, "_graphs_on", lambda x, cuda_graphs: cuda_graphs)
+    monkeypatch.setattr(network, "_replay", replay)
+    monkeypatch.setattr(network, "STEP_KERNELS", step_kernels)
+    monkeypatch.setattr(network, "_STEP_FNS", [counted(_lif_step_torch), counted(_lif_back_torch)])
+    net, x, _ = _net(**kw)
+    _assert_fused_equals_reference(net, x)
+    assert [k[0] for k in keys] == ["fwd", "bwd"]
+    assert keys[0][4][0] == (2 if kw.get("rec_rank") else 1)  # the weights went in as factors (U, V) or one matrix
+    n_steps = x.shape[1] * net.substeps
+    assert len(steps) == (2 * n_steps if step_kernels else 0)  # one kernel per step each way, or none
 
 
 def _min_isi(net, x, drive):

@@ -44,8 +44,7 @@ with the same steady current per Hz (b_adapt rescaled by 1 - rho), as the slow a
 cortical and hippocampal pyramidal cells do (seconds; Madison & Nicoll 1984; Benda & Herz 2003). A slowly adapting
 neuron's rate depends on its own firing over the last seconds: a memory of the input's history that a network
 trained on 320 ms windows can use without learning it (as in the adaptive LIF networks of Bellec et al. 2018). The
-adaptation current is a state, detached like the reset; with a per-neuron rho the GPU loops run eagerly
-(docs/student.md, session 19).
+adaptation current is a state, detached like the reset (docs/student.md, session 19).
 
 Spike-frequency adaptation is what keeps firing irregular-but-not-bursty once training sharpens the neurons' input
 tuning: with white background noise and a subtractive reset, a threshold crossing that overshoots fires again right
@@ -60,7 +59,8 @@ Two implementations of the same math with identical spikes:
 * :func:`lif_scan` (default): input projections batched over all bins, then one custom autograd function that runs
   the whole time loop without building an autograd graph and does BPTT by hand in the backward pass (one matmul and a
   few fused element-wise ops per step; the recurrent weight gradient is a single matmul over all steps).
-  On a GPU both loops replay as CUDA graphs (``cuda_graphs``, the default there): same kernels, no Python per step.
+  On a GPU both loops replay as CUDA graphs (``cuda_graphs``, the default there): same kernels, no Python per step;
+  dense or low-rank recurrence, with or without (per-neuron) adaptation.
 * :meth:`StudentNet.forward_reference`: the plain per-step loop with ``snntorch.Leaky`` and an ``nn.Linear``
   recurrence, used by the benchmark and tests as the reference.
 """
@@ -94,6 +94,11 @@ def _recurrent(s: torch.Tensor, w) -> torch.Tensor:
     """W s for spikes s (B, N): w is the dense (N, N) matrix or low-rank factors (U, V) with W = U V^T, applied as
     U (V^T s) (the same operations as :meth:`LowRankDale.forward`, so spikes stay identical to the reference)."""
     return F.linear(s @ w[1], w[0]) if isinstance(w, tuple) else F.linear(s, w)
+
+
+def _recurrent_back(grad_out: torch.Tensor, g: torch.Tensor, w) -> torch.Tensor:
+    """grad_out + W^T g (B, N): the gradient that reaches the spikes S_t through I_{t+1} = W S_t (dense or U V^T)."""
+    return torch.addmm(grad_out, g @ w[0], w[1].T) if isinstance(w, tuple) else torch.addmm(grad_out, g, w)
 
 
 def _scan_forward(x, w, beta, theta, n_ref, keep: bool = True, adapt=None):
@@ -141,9 +146,7 @@ def _scan_backward(grad_spikes, spikes, mem, gates, w, beta, theta, surrogate, s
     g_u = torch.zeros_like(mem[0])  # dL/dU_{t+1}
     for t in range(T - 1, -1, -1):
         # through the readout, and through W_rec S_t -> I_{t+1}; the reset term is detached, as in snntorch
-        g_s = (torch.addmm(grad_spikes[t], g_inp @ w[0], w[1].T) if isinstance(w, tuple)
-               else torch.addmm(grad_spikes[t], g_inp, w))
-        g_u = g_s.mul_(sg[t]).addcmul_(beta, g_u)
+        g_u = _recurrent_back(grad_spikes[t], g_inp, w).mul_(sg[t]).addcmul_(beta, g_u)
         g_inp = torch.mul(g_u, gates[t], out=grad_x[t])
     return grad_x, _weight_grad(grad_x, spikes, w)
 
@@ -188,7 +191,8 @@ def _step_kernels():
     if not _STEP_FNS:
         from torch.cuda import jiterator
 
-        _STEP_FNS.append(jiterator._create_multi_output_jit_fn(_FWD_STEP, 5, rho=0.0, theta=1.0, nref=0.0))
+        # rho is a tensor input (a scalar decay is passed as a constant (N,) one), like beta: per-neuron decays too
+        _STEP_FNS.append(jiterator._create_multi_output_jit_fn(_FWD_STEP, 5, theta=1.0, nref=0.0))
         _STEP_FNS.append(jiterator._create_multi_output_jit_fn(_BWD_STEP, 2, theta=1.0, slope=1.0))
     return _STEP_FNS
 
@@ -204,10 +208,11 @@ def _scan_forward_kernels(x, w, beta, theta, n_ref, adapt=None):
     step = _step_kernels()[0]
     T, B, N = x.shape
     rho, b = adapt if adapt is not None else (0.0, x.new_zeros(N))
+    rho = rho if torch.is_tensor(rho) else x.new_full((N,), float(rho))
     a, u, s, cnt = (x.new_zeros(B, N) for _ in range(4))
     spikes, mem, gates = [], [], []
     for xt in x.unbind(0):
-        a, u, g, s, cnt = step(xt, F.linear(s, w), a, s, u, cnt, beta, b, rho=float(rho), theta=float(theta),
+        a, u, g, s, cnt = step(xt, _recurrent(s, w), a, s, u, cnt, beta, b, rho, theta=float(theta),
                                nref=float(n_ref))
         spikes.append(s), mem.append(u), gates.append(g)
     return torch.stack(spikes), torch.stack(mem), torch.stack(gates)
@@ -221,11 +226,11 @@ def _scan_backward_kernels(grad_spikes, spikes, mem, gates, w, beta, theta, surr
     g_u = torch.zeros_like(mem[0])
     grads = [None] * T
     for t in range(T - 1, -1, -1):
-        g_u, g_inp = back(torch.addmm(grad_spikes[t], g_inp, w), mem[t], gates[t], g_u, beta, theta=float(theta),
-                          slope=float(slope))
+        g_u, g_inp = back(_recurrent_back(grad_spikes[t], g_inp, w), mem[t], gates[t], g_u, beta,
+                          theta=float(theta), slope=float(slope))
         grads[t] = g_inp
     grad_x = torch.stack(grads)
-    return grad_x, _weight_grad(grad_x, spikes)
+    return grad_x, _weight_grad(grad_x, spikes, w)
 
 
 # CUDA graphs of the two time loops: on a GPU a step's dozen small kernels take a few microseconds each, but
@@ -266,21 +271,44 @@ def _replay(key, fn, inputs):
     return tuple(o.clone() for o in outs)
 
 
+def _graphs_on(x: torch.Tensor, cuda_graphs: bool) -> bool:
+    """Whether the loops replay as CUDA graphs: asked for, and on a GPU (tests run the graphed code on CPU here)."""
+    return bool(cuda_graphs and x.is_cuda)
+
+
+def _graph_inputs(w, adapt):
+    """The recurrent weights (a matrix or factors (U, V)) and adaptation (rho, b) as a flat tuple of tensors, the
+    static inputs of a CUDA graph, with a layout for the graph's key and a function that rebuilds (w, adapt)."""
+    ws = w if isinstance(w, tuple) else (w,)
+    rho, b = adapt if adapt is not None else (None, None)
+    per_neuron = torch.is_tensor(rho)
+    flat = tuple(t.contiguous() for t in ws) + (() if b is None else (b,)) + ((rho,) if per_neuron else ())
+    layout = (len(ws), None if b is None else ("per-neuron" if per_neuron else float(rho)))
+
+    def rebuild(ts):
+        w_ = tuple(ts[:2]) if len(ws) == 2 else ts[0]
+        if b is None:
+            return w_, None
+        return w_, (ts[len(ws) + 1] if per_neuron else rho, ts[len(ws)])
+
+    return flat, layout, rebuild
+
+
 class _LIFScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w, beta, theta, n_ref, surrogate, slope, adapt, graphed, v=None):
-        # v given: w is U and (U, V) are low-rank factors (W = U V^T); these run eagerly, not as CUDA graphs, and so
-        # does a per-neuron adaptation decay (slow_adapt_fraction: the step kernels take a scalar one)
-        graphed = graphed and v is None and (adapt is None or not torch.is_tensor(adapt[0]))
+        # v given: w is U and (U, V) are low-rank factors (W = U V^T)
+        wv = w if v is None else (w, v)
         if graphed:
-            rho = None if adapt is None else adapt[0]
-            args = (x.contiguous(), w.contiguous(), beta) + (() if adapt is None else (adapt[1],))
             kernels = STEP_KERNELS
             scan = _scan_forward_kernels if kernels else _scan_forward
-            key = ("fwd", kernels, theta, n_ref, rho) + _signature(args)
+            flat, layout, rebuild = _graph_inputs(wv, adapt)
+            args = (x.contiguous(), beta) + flat
+            key = ("fwd", kernels, theta, n_ref, layout) + _signature(args)
 
-            def run(x_, w_, b_, *a):
-                return scan(x_, w_, b_, theta, n_ref, adapt=(rho, a[0]) if a else None)
+            def run(x_, beta_, *rest):
+                w_, adapt_ = rebuild(rest)
+                return scan(x_, w_, beta_, theta, n_ref, adapt=adapt_)
 
             try:
                 spikes, mem, gates = _replay(key, run, args)
@@ -288,9 +316,9 @@ class _LIFScan(torch.autograd.Function):
                 if not kernels:
                     raise
                 _disable_step_kernels(e)
-                return _LIFScan.forward(ctx, x, w, beta, theta, n_ref, surrogate, slope, adapt, graphed)
+                return _LIFScan.forward(ctx, x, w, beta, theta, n_ref, surrogate, slope, adapt, graphed, v)
         else:
-            spikes, mem, gates = _scan_forward(x, w if v is None else (w, v), beta, theta, n_ref, adapt=adapt)
+            spikes, mem, gates = _scan_forward(x, wv, beta, theta, n_ref, adapt=adapt)
         ctx.save_for_backward(spikes, mem, gates, w, beta, v)
         ctx.theta, ctx.surrogate, ctx.slope, ctx.graphed = theta, surrogate, slope, graphed
         ctx.kernels = graphed and STEP_KERNELS and surrogate == "fast_sigmoid"
@@ -299,29 +327,33 @@ class _LIFScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_spikes):
         spikes, mem, gates, w, beta, v = ctx.saved_tensors
-        if v is not None:
-            grad_x, (grad_u, grad_v) = _scan_backward(grad_spikes.contiguous(), spikes, mem, gates, (w, v), beta,
-                                                      ctx.theta, ctx.surrogate, ctx.slope)
-            return grad_x, grad_u, None, None, None, None, None, None, None, grad_v
-        args = (grad_spikes.contiguous(), spikes, mem, gates, w, beta)
+        ws = (w,) if v is None else (w, v)
+        scan = _scan_backward_kernels if ctx.kernels else _scan_backward
+
+        def run(g, s, m, gate, beta_, *w_):  # -> (grad x, grad W) or (grad x, grad U, grad V), flat for the graph
+            grad_x, grad_w = scan(g, s, m, gate, w_[0] if len(w_) == 1 else tuple(w_), beta_, ctx.theta,
+                                  ctx.surrogate, ctx.slope)
+            return (grad_x,) + (grad_w if isinstance(grad_w, tuple) else (grad_w,))
+
+        args = (grad_spikes.contiguous(), spikes, mem, gates, beta) + tuple(t.contiguous() for t in ws)
         if ctx.graphed:
             key = ("bwd", ctx.kernels, ctx.theta, ctx.surrogate, ctx.slope) + _signature(args)
-            scan = _scan_backward_kernels if ctx.kernels else _scan_backward
-            grad_x, grad_w = _replay(key, lambda *a: scan(*a, ctx.theta, ctx.surrogate, ctx.slope), args)
+            grads = _replay(key, run, args)
         else:
-            grad_x, grad_w = _scan_backward(*args, ctx.theta, ctx.surrogate, ctx.slope)
-        return grad_x, grad_w, None, None, None, None, None, None, None, None
+            grads = run(*args)
+        grad_v = grads[2] if v is not None else None
+        return grads[0], grads[1], None, None, None, None, None, None, None, grad_v
 
 
 def lif_scan(x: torch.Tensor, w, beta: torch.Tensor, theta: float, n_ref: int, surrogate: str,
              slope: float, adapt=None, cuda_graphs: bool = True) -> torch.Tensor:
     """Fused recurrent LIF. x: (T, B, N) input currents (threshold units per step), w: (N, N) recurrent weights
-    (post, pre) or low-rank factors (U, V) with W = U V^T (differentiable wrt both; never graphed), beta: (N,),
-    adapt: None or (rho, b (N,)) spike-frequency adaptation (detached, like the reset).
+    (post, pre) or low-rank factors (U, V) with W = U V^T (differentiable wrt both), beta: (N,),
+    adapt: None or (rho, b (N,)) spike-frequency adaptation (detached, like the reset; rho a float or per-neuron (N,)).
     Returns spikes (T, B, N) of 0/1, differentiable wrt x and w (surrogate gradient). On a GPU the forward and
     backward loops replay as CUDA graphs (captured once per shape) unless cuda_graphs is False."""
     u, v = w if isinstance(w, tuple) else (w, None)
-    return _LIFScan.apply(x, u, beta, theta, n_ref, surrogate, slope, adapt, bool(cuda_graphs and x.is_cuda), v)
+    return _LIFScan.apply(x, u, beta, theta, n_ref, surrogate, slope, adapt, _graphs_on(x, cuda_graphs), v)
 
 
 def slow_synapses(cur: torch.Tensor, decay: torch.Tensor) -> torch.Tensor:
