@@ -75,20 +75,37 @@ def test_cuda_graph_replay_equals_snntorch_reference_on_gpu(step_kernels, kw, mo
     assert any(k[0] == "fwd" for k in network._GRAPHS) and any(k[0] == "bwd" for k in network._GRAPHS)
 
 
-def _lif_step_torch(xt, lin, a, s, u, cnt, beta, b, rho, theta=1.0, nref=0.0):
-    """network._FWD_STEP's formulas, one torch operation per rounding, as the CUDA kernel rounds them."""
-    g = (cnt == 0).to(xt.dtype)
-    an = a * rho + s * b
-    un = beta * u + (xt + lin - an) * g - s * theta
-    sn = (un > theta).to(xt.dtype)
-    return an, un, g, sn, torch.where(sn > 0, torch.full_like(cnt, nref), (cnt - 1).clamp_min(0))
+def _kernel_formulas(p):
+    """network's step kernels written in torch, one operation per rounding as the CUDA code rounds them; p maps the
+    kernel's parameter names to values. Returns the outputs in the kernel's order."""
+    if "mem" in p:  # lif_back
+        d = p["slope"] * (p["mem"] - p["theta"]).abs() + 1
+        g = p["gs"] / (d * d) + p["beta"] * p["gu"]
+        return g, g * p["gate"]
+    xin = p["xin"] if "xin" in p else p["xt"] + p["lin"]  # lif_step_rho / lif_step
+    cnt, s = p["cnt"], p["s"]
+    g = (cnt == 0).to(xin.dtype)
+    an = p["a"] * p["rho"] + s * p["b"]
+    un = p["beta"] * p["u"] + (xin - an) * g - s * p["theta"]
+    sn = (un > p["theta"]).to(xin.dtype)
+    return an, un, g, sn, torch.where(sn > 0, torch.full_like(cnt, p["nref"]), (cnt - 1).clamp_min(0))
 
 
-def _lif_back_torch(gs, mem, gate, gu, beta, theta=1.0, slope=1.0):
-    """network._BWD_STEP's formulas."""
-    d = slope * (mem - theta).abs() + 1
-    g = gs / (d * d) + beta * gu
-    return g, g * gate
+class _KernelOnCpu:
+    """A jiterator function as torch code, with jiterator's checks on a call: the kernel's source parses, at most 8
+    tensor inputs and as many as it declares, constants only among those declared; counts its calls."""
+
+    def __init__(self, code, n_out, consts):
+        from torch.cuda.jiterator import _CodeParser
+
+        params = [q.split()[-1].lstrip("&") for q in _CodeParser(code).function_params.strip("()").split(",")]
+        self.inputs, self.consts, self.calls = params[: len(params) - n_out - len(consts)], consts, 0
+
+    def __call__(self, *tensors, **consts):
+        assert len(tensors) <= 8 and len(tensors) == len(self.inputs)
+        assert set(consts) <= set(self.consts)
+        self.calls += 1
+        return _kernel_formulas({**self.consts, **consts, **dict(zip(self.inputs, tensors))})
 
 
 @pytest.mark.parametrize("step_kernels", [False, True])
@@ -102,28 +119,24 @@ def test_graphed_loops_take_every_network_on_cpu(kw, step_kernels, monkeypatch):
     real graph capture are checked on a GPU by the test above.)"""
     from neurojepa.student import network
 
-    keys, steps = [], []
+    keys = []
 
     def replay(key, fn, inputs):
         keys.append(key)
         return tuple(o.clone() for o in fn(*[t.detach().clone() for t in inputs]))
 
-    def counted(fn):
-        def run(*a, **k):
-            steps.append(fn.__name__)
-            return fn(*a, **k)
-        return run
-
+    kernels = [_KernelOnCpu(*spec) for spec in network._KERNELS]
     monkeypatch.setattr(network, "_graphs_on", lambda x, cuda_graphs: cuda_graphs)
     monkeypatch.setattr(network, "_replay", replay)
     monkeypatch.setattr(network, "STEP_KERNELS", step_kernels)
-    monkeypatch.setattr(network, "_STEP_FNS", [counted(_lif_step_torch), counted(_lif_back_torch)])
+    monkeypatch.setattr(network, "_STEP_FNS", kernels)
     net, x, _ = _net(**kw)
     _assert_fused_equals_reference(net, x)
     assert [k[0] for k in keys] == ["fwd", "bwd"]
     assert keys[0][4][0] == (2 if kw.get("rec_rank") else 1)  # the weights went in as factors (U, V) or one matrix
     n_steps = x.shape[1] * net.substeps
-    assert len(steps) == (2 * n_steps if step_kernels else 0)  # one kernel per step each way, or none
+    forward = kernels[2] if kw.get("slow_adapt_fraction") else kernels[0]  # the per-neuron-rho kernel, or the other
+    assert (forward.calls, kernels[1].calls) == ((n_steps, n_steps) if step_kernels else (0, 0))
 
 
 def _min_isi(net, x, drive):

@@ -168,32 +168,41 @@ def _weight_grad(grad_x: torch.Tensor, spikes: torch.Tensor, w=None):
 # the refractory gate is the reference's countdown. Where the kernels cannot be built (jiterator is a beta API),
 # the loops fall back to the ordinary kernels with a warning.
 STEP_KERNELS = True
-_FWD_STEP = """template <typename T> void lif_step(T xt, T lin, T a, T s, T u, T cnt, T beta, T b, T rho, T theta,
-    T nref, T& a_out, T& u_out, T& g_out, T& s_out, T& cnt_out) {
+_FWD_BODY = """ {
   T g = cnt == T(0) ? T(1) : T(0);
   T an = __fadd_rn(__fmul_rn(a, rho), __fmul_rn(s, b));
-  T inp = __fmul_rn(__fsub_rn(__fadd_rn(xt, lin), an), g);
+  T inp = __fmul_rn(__fsub_rn(XIN, an), g);
   T un = __fsub_rn(__fadd_rn(__fmul_rn(beta, u), inp), __fmul_rn(s, theta));
   T sn = un > theta ? T(1) : T(0);
   a_out = an; u_out = un; g_out = g; s_out = sn;
   cnt_out = sn > T(0) ? nref : (cnt > T(0) ? cnt - T(1) : T(0));
 }"""
+_OUTS = "T& a_out, T& u_out, T& g_out, T& s_out, T& cnt_out)"
+# a scalar adaptation decay: rho is a constant argument, and the input x_t and W S_{t-1} are added in the kernel
+_FWD_STEP = ("template <typename T> void lif_step(T xt, T lin, T a, T s, T u, T cnt, T beta, T b, T rho, T theta, "
+             "T nref, " + _OUTS + _FWD_BODY.replace("XIN", "__fadd_rn(xt, lin)"))
+# a per-neuron decay (slow_adapt_fraction): rho is a tensor input; jiterator takes at most 8, so x_t + W S_{t-1}
+# comes in as one (added by torch before the kernel: one float add either way, the same rounding)
+_FWD_STEP_RHO = ("template <typename T> void lif_step_rho(T xin, T a, T s, T u, T cnt, T beta, T b, T rho, T theta, "
+                 "T nref, " + _OUTS + _FWD_BODY.replace("XIN", "xin"))
 _BWD_STEP = """template <typename T> void lif_back(T gs, T mem, T gate, T gu, T beta, T theta, T slope, T& gu_out,
     T& ginp_out) {
   T d = slope * fabsf(mem - theta) + T(1);
   T g = gs / (d * d) + beta * gu;
   gu_out = g; ginp_out = g * gate;
 }"""
+# (code, outputs, constant arguments): forward step (scalar rho), backward step, forward step (per-neuron rho)
+_KERNELS = [(_FWD_STEP, 5, dict(rho=0.0, theta=1.0, nref=0.0)), (_BWD_STEP, 2, dict(theta=1.0, slope=1.0)),
+            (_FWD_STEP_RHO, 5, dict(theta=1.0, nref=0.0))]
 _STEP_FNS: list = []
 
 
 def _step_kernels():
+    """The _KERNELS as jiterator functions, compiled on first use."""
     if not _STEP_FNS:
         from torch.cuda import jiterator
 
-        # rho is a tensor input (a scalar decay is passed as a constant (N,) one), like beta: per-neuron decays too
-        _STEP_FNS.append(jiterator._create_multi_output_jit_fn(_FWD_STEP, 5, theta=1.0, nref=0.0))
-        _STEP_FNS.append(jiterator._create_multi_output_jit_fn(_BWD_STEP, 2, theta=1.0, slope=1.0))
+        _STEP_FNS.extend(jiterator._create_multi_output_jit_fn(code, n, **consts) for code, n, consts in _KERNELS)
     return _STEP_FNS
 
 
@@ -205,15 +214,17 @@ def _disable_step_kernels(error: Exception) -> None:
 
 def _scan_forward_kernels(x, w, beta, theta, n_ref, adapt=None):
     """:func:`_scan_forward` with one fused element-wise kernel per step (CUDA only)."""
-    step = _step_kernels()[0]
+    step, _, step_rho = _step_kernels()
     T, B, N = x.shape
     rho, b = adapt if adapt is not None else (0.0, x.new_zeros(N))
-    rho = rho if torch.is_tensor(rho) else x.new_full((N,), float(rho))
+    consts = dict(theta=float(theta), nref=float(n_ref))
     a, u, s, cnt = (x.new_zeros(B, N) for _ in range(4))
     spikes, mem, gates = [], [], []
     for xt in x.unbind(0):
-        a, u, g, s, cnt = step(xt, _recurrent(s, w), a, s, u, cnt, beta, b, rho, theta=float(theta),
-                               nref=float(n_ref))
+        if torch.is_tensor(rho):
+            a, u, g, s, cnt = step_rho(torch.add(xt, _recurrent(s, w)), a, s, u, cnt, beta, b, rho, **consts)
+        else:
+            a, u, g, s, cnt = step(xt, _recurrent(s, w), a, s, u, cnt, beta, b, rho=float(rho), **consts)
         spikes.append(s), mem.append(u), gates.append(g)
     return torch.stack(spikes), torch.stack(mem), torch.stack(gates)
 
