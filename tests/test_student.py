@@ -52,7 +52,8 @@ def _assert_fused_equals_reference(net, x):
                                 dict(adapt_strength=0.2, readout_taus=[0.01, 0.1], rec_rank=4),
                                 dict(rec_rank=3, dale=False),
                                 dict(rec_rank=4, ff_inhibition=1.0, slow_syn_fraction=0.5),
-                                dict(rec_rank=4, adapt_strength=0.2, slow_adapt_fraction=0.5, slow_adapt_tau=[0.05, 0.5])])
+                                dict(rec_rank=4, adapt_strength=0.2, slow_adapt_fraction=0.5, slow_adapt_tau=[0.05, 0.5],
+                                     adapt_strength_inh=0.2)])
 def test_fast_network_equals_snntorch_reference(kw):
     net, x, _ = _net(**kw)
     _assert_fused_equals_reference(net, x)
@@ -267,6 +268,29 @@ def test_adaptation_slows_firing_under_constant_drive():
     assert isi[0.05][-1] > 2 * isi[0.05][0]  # adapting: intervals lengthen ...
     assert isi[0.05][-4:].mean() == pytest.approx(lo, rel=0.1)  # ... to the self-consistent adapted period
     np.testing.assert_array_equal(spikes[0.05][:, 24:], spikes[0.0][:, 24:])  # I neurons do not adapt
+
+
+def test_inhibitory_adaptation_has_its_own_strength_and_leaves_e_neurons_alone():
+    """adapt_strength_inh: I neurons adapt with a steady current of adapt_strength_inh rheobases (of an I neuron) per
+    Hz (analytic: b / (1 - rho) = strength (1 - beta_I) / dt); under a constant drive their intervals lengthen,
+    while with the recurrence off the E neurons' spikes are those of a network whose I neurons do not adapt."""
+    x = torch.zeros(1, 30, 20)
+    runs = {}
+    for k in (0.0, 0.05):
+        net, _, _ = _net(noise_std=0.0, adapt_strength=0.05, adapt_strength_inh=k, adapt_tau=0.1)
+        with torch.no_grad():
+            net.inp.bias.fill_(0.15)
+            net.rec.parametrizations.weight.original.zero_()
+        runs[k] = net.simulate(x)["spikes"][:, 0].numpy()
+    ne = net.n_exc
+    rho, b = net._adapt()
+    np.testing.assert_allclose((b[ne:] / (1 - rho)).numpy(), 0.05 * (1 - float(net.beta[ne])) / net.cfg.dt, rtol=1e-5)
+    np.testing.assert_array_equal(runs[0.05][:, :ne], runs[0.0][:, :ne])
+    off, on = (np.diff(np.flatnonzero(runs[k][:, ne])) for k in (0.0, 0.05))
+    assert off.max() - off.min() <= 1  # a clock without adaptation
+    assert len(on) >= 3 and on[-1] > 1.5 * on[0] and len(on) < len(off)
+    with pytest.raises(ValueError, match="adapt_strength_inh"):
+        StudentConfig(adapt_strength_inh=-0.1)
 
 
 def test_feedforward_inhibition_cancels_common_mode_input_and_keeps_dale():

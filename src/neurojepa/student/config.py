@@ -52,6 +52,7 @@ class StudentConfig:
     spectral_radius: float = 0.3  # of W_rec * tau_mem_exc / dt (the rate-level loop gain) at init
     input_gain: float = 0.3  # std of the input current fluctuation at init (per step, threshold units x 10)
     adapt_strength: float = 0.25  # spike-frequency adaptation of E neurons: steady current per Hz, in rheobases; 0 = off
+    adapt_strength_inh: float = 0.0  # the same for I neurons (fast, adapt_tau); 0 = off: fast-spiking interneurons adapt little
     adapt_tau: float = 0.02  # s, decay of the adaptation current
     slow_adapt_fraction: float = 0.0  # fraction of E neurons (random, fixed) whose adaptation current decays slowly (same steady strength per Hz); 0 = off
     slow_adapt_tau: list[float] = field(default_factory=lambda: [0.2, 2.0])  # s, [min, max]: each slow-adapting neuron's adaptation time constant, log-uniform in this range
@@ -112,6 +113,9 @@ class StudentConfig:
             raise ValueError(f"slow_adapt_fraction must be in [0, 1], got {self.slow_adapt_fraction}")
         if len(self.slow_adapt_tau) != 2 or not 0 < self.slow_adapt_tau[0] <= self.slow_adapt_tau[1]:
             raise ValueError(f"slow_adapt_tau must be [min, max] with 0 < min <= max (s), got {self.slow_adapt_tau}")
+        if self.adapt_strength < 0 or self.adapt_strength_inh < 0:
+            raise ValueError(f"adapt_strength and adapt_strength_inh must be >= 0 (0 = off), got "
+                             f"{self.adapt_strength} and {self.adapt_strength_inh}")
         if self.slow_adapt_fraction > 0 and self.adapt_strength <= 0:
             raise ValueError("slow_adapt_fraction > 0 needs spike-frequency adaptation (adapt_strength > 0)")
         (low_e, high_e), (low_i, _) = self.penalty_bands()

@@ -3,7 +3,7 @@
 Math (snntorch ``Leaky`` with ``reset_mechanism="subtract"``, written out; one step = ``dt``, default 1 ms)::
 
     g_t   = 1 if the neuron is not refractory else 0          # input gated off n_ref steps after a spike
-    A_t   = rho * A_{t-1} + b_adapt * S_{t-1}                   # adaptation current (E only; detached, as the reset)
+    A_t   = rho * A_{t-1} + b_adapt * S_{t-1}                   # adaptation current (detached, as the reset)
     I_t   = g_t * (W_ff c_bin(t) + b + xi_t + W_rec S_{t-1} - A_t)   # c_bin: counts of the current 10 ms bin, held
     W_ff  = W_in - k * rowmean(W_in) 1^T                        # feed-forward inhibition, k = ff_inhibition
     (slow_syn_fraction > 0: for those neurons W_ff c_bin + b is low-pass filtered over bins, tau_syn 30-300 ms)
@@ -14,8 +14,9 @@ W_rec is dense, or with ``rec_rank`` = r > 0 the low-rank product U V^T through 
 (:class:`~neurojepa.student.dale.LowRankDale`): a step then costs O(N r) instead of O(N^2), which is what makes
 students of thousands of neurons trainable on a CPU (docs/student.md, session 15).
 beta = exp(-dt / tau_mem) per neuron (20 ms E, 10 ms I); xi: private background noise (white or Ornstein-Uhlenbeck);
-rho = exp(-dt / adapt_tau) (per neuron with ``slow_adapt_fraction``), b_adapt from ``adapt_strength`` (0 = no
-adaptation, the A term drops out). The readout sees only E spikes: per-bin E spike counts are low-pass filtered
+rho = exp(-dt / adapt_tau) (per neuron with ``slow_adapt_fraction``), b_adapt from ``adapt_strength`` for E neurons
+and ``adapt_strength_inh`` for I neurons (0 = no adaptation, the A term drops out; I neurons do not adapt by
+default, as fast-spiking interneurons adapt little). The readout sees only E spikes: per-bin E spike counts are low-pass filtered
 (exponential, one copy per ``readout_taus`` entry) and mapped linearly to the D teacher dims. Dale's principle
 holds on the input (all +), recurrent (column signs) and readout (E only, all +) weights by parametrisation
 (dale.py).
@@ -390,10 +391,11 @@ def _raw_weight(linear: nn.Linear) -> torch.Tensor:
     return linear.parametrizations.weight.original if parametrize.is_parametrized(linear, "weight") else linear.weight
 
 
-def _adapt_increment(cfg: StudentConfig, decay):
-    """What one spike adds to an E neuron's adaptation current, for a per-step decay (float, or a tensor of them):
-    the increment whose steady current is ``adapt_strength`` rheobases per Hz of firing, whatever the decay."""
-    return cfg.adapt_strength * (1 - math.exp(-cfg.dt / cfg.tau_mem_exc)) * (1 - decay) / cfg.dt
+def _adapt_increment(strength: float, tau_mem: float, dt: float, decay):
+    """What one spike adds to a neuron's adaptation current, for a per-step decay (float, or a tensor of them): the
+    increment whose steady current is ``strength`` rheobases (of a neuron with membrane time constant tau_mem) per
+    Hz of firing, whatever the decay."""
+    return strength * (1 - math.exp(-dt / tau_mem)) * (1 - decay) / dt
 
 
 class StudentNet(nn.Module):
@@ -428,8 +430,11 @@ class StudentNet(nn.Module):
         # same with or without
         self.adapt_rho = math.exp(-cfg.dt / cfg.adapt_tau)
         decay = self._slow_adaptation() if cfg.slow_adapt_fraction > 0 else None
-        b = torch.as_tensor(_adapt_increment(cfg, self.adapt_rho if decay is None else decay), dtype=torch.float32)
-        self.register_buffer("adapt_b", torch.where(self.sign > 0, b, torch.zeros(())))
+        b_exc, b_inh = (torch.as_tensor(_adapt_increment(strength, tau, cfg.dt, self.adapt_rho if decay is None else decay),
+                                        dtype=torch.float32)
+                        for strength, tau in ((cfg.adapt_strength, cfg.tau_mem_exc),
+                                              (cfg.adapt_strength_inh, cfg.tau_mem_inh)))
+        self.register_buffer("adapt_b", torch.where(self.sign > 0, b_exc, b_inh))
         self.register_buffer("adapt_decay", decay, persistent=False)
         # edges of the homeostatic band per neuron (Hz), E neurons first (StudentConfig.penalty_bands)
         (low_e, high_e), (low_i, high_i) = cfg.penalty_bands()
@@ -478,14 +483,14 @@ class StudentNet(nn.Module):
     def _adapt(self):
         """(rho, b (N,)) for the scan, or None without adaptation; rho is a float, or a per-neuron (N,) decay with
         ``slow_adapt_fraction``."""
-        if self.cfg.adapt_strength <= 0:
+        if self.cfg.adapt_strength <= 0 and self.cfg.adapt_strength_inh <= 0:
             return None
         return (self.adapt_rho if self.adapt_decay is None else self.adapt_decay), self.adapt_b
 
     def _slow_adaptation(self) -> torch.Tensor:
         """(N,) per-step decay of the adaptation current: exp(-dt / tau) with tau log-uniform in
         ``slow_adapt_tau`` for a random ``slow_adapt_fraction`` of the E neurons (seeded by ``seed``), ``adapt_tau``
-        for the others (I neurons do not adapt: their increments are 0)."""
+        for the others (I neurons adapt fast, and only with ``adapt_strength_inh`` > 0)."""
         cfg, ne = self.cfg, self.cfg.n_exc
         g = torch.Generator().manual_seed(cfg.seed + 13)
         slow = torch.rand(ne, generator=g) < cfg.slow_adapt_fraction
