@@ -127,7 +127,7 @@ def test_student_large_preset_is_the_low_rank_1280_neuron_student():
 def test_student_slow_preset_is_student_large_with_slow_time_scales():
     """`student_slow` is `student_large` plus slow synapses and slow adaptation on half the neurons and 720 ms training
     windows after a 320 ms warm-up (docs/student.md, session 21), stronger input normalisation and penalty bands inside
-    the reported 5-20 Hz (session 22); everything else, the teacher included, as there."""
+    the reported 5-20 Hz (session 22), I neurons that adapt (session 23); everything else, the teacher included, as there."""
     from neurojepa.config import to_dict
     from neurojepa.pipeline import load_run_config
 
@@ -135,12 +135,13 @@ def test_student_slow_preset_is_student_large_with_slow_time_scales():
     changed = {k for k, v in to_dict(slow.student).items() if v != to_dict(large.student)[k]}
     assert changed == {"slow_syn_fraction", "slow_adapt_fraction", "window", "batch_size", "burn_in",
                        "feature_memory_mb", "max_minutes", "input_norm_exponent", "rate_low_exc_hz",
-                       "rate_high_exc_hz", "rate_high_inh_hz"}
+                       "rate_high_exc_hz", "rate_high_inh_hz", "adapt_strength_inh"}
     s = slow.student
     assert (s.slow_syn_fraction, s.slow_adapt_fraction, s.window, s.batch_size, s.burn_in) == (0.5, 0.5, 64, 16, 32)
     # headroom inside the 5-20 Hz band for a state never seen in training (session 22)
     assert (s.input_norm_exponent, s.rate_low_exc_hz, s.rate_high_exc_hz, s.rate_high_inh_hz) == (0.75, 7.0, 17.0, 17.0)
     assert (s.rate_low_hz, s.rate_high_hz) == (5.0, 20.0)  # what frac_in_band reports stays the issue's band
+    assert s.adapt_strength_inh == 0.25 and large.student.adapt_strength_inh == 0.0  # I neurons adapt (session 23)
     assert slow.teacher == large.teacher and slow.simulate == large.simulate
 
 
