@@ -102,7 +102,7 @@ def base_config(name: str | None) -> StudentConfig:
 
 def bench_size(n_neurons: int, args, rank: int = 0) -> dict:
     n_inh = n_neurons // 5
-    cfg = dataclasses.replace(base_config(args.config), n_exc=n_neurons - n_inh, n_inh=n_inh, rec_rank=rank)
+    cfg = dataclasses.replace(args.base, n_exc=n_neurons - n_inh, n_inh=n_inh, rec_rank=rank)
     counts, lat, _ = synthetic_session(args.units, args.batch * args.bins, 16, seed=0)
     x = torch.tensor(counts.reshape(args.batch, args.bins, args.units).astype(np.float32), device=args.device)
     target = torch.tensor(lat.reshape(args.batch, args.bins, 16), device=args.device)
@@ -172,12 +172,12 @@ def main(argv=None) -> int:
         print("student_speed: --device cuda but torch sees no CUDA GPU", file=sys.stderr)
         return 2
     where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {args.threads} thread(s)"
-    dt_ms = base_config(args.config).dt * 1e3
+    args.base = base_config(args.config)  # read once, used by every size
+    dt_ms = args.base.dt * 1e3
     print(f"student training step (forward + backward), {where}, torch {torch.__version__}: "
           f"{args.config or 'default'} student, batch {args.batch}, {args.bins * round(10 / dt_ms)} LIF steps of "
           f"{dt_ms:g} ms, {args.units} inputs; median of {args.repeats}")
-    preset_rank = base_config(args.config).rec_rank if args.config else 0
-    ranks = [0, args.rank] if args.rank > 0 else [preset_rank]
+    ranks = [0, args.rank] if args.rank > 0 else [args.base.rec_rank if args.config else 0]
     rows, ok = [], True
     for n, rank in ((n, r) for n in args.neurons for r in ranks):
         row = bench_size(n, args, rank)

@@ -23,7 +23,8 @@ with headroom, so that a state never seen in training does not push the neurons 
 spike-frequency adaptation of the I neurons too (``adapt_strength_inh=0.25``; without it a second seed of the generic
 preset left 63 % of the I neurons over 20 Hz in the unseen state): CCA 0.881 on the default session and 0.851 /
 0.865 on the generic preset (seeds 0 / 1) with every state in band, and 0.958-0.978 of the neurons in band in the
-unseen state in both directions on all three (docs/student.md, sessions 18-23). Evaluation warms every 2 s chunk up on 1 s of its own past input (``eval_warmup``), three times
+unseen state in both directions on all three (docs/student.md, sessions 18-23). Evaluation warms every 2 s
+chunk up on 1 s of its own past input (``eval_warmup``), three times
 the slowest readout filter; with the 80 ms of ``burn_in`` used before session 21 each chunk's first bins were read
 from a network still waking up (CCA 0.01-0.013 lower).
 """

@@ -16,9 +16,9 @@ students of thousands of neurons trainable on a CPU (docs/student.md, session 15
 beta = exp(-dt / tau_mem) per neuron (20 ms E, 10 ms I); xi: private background noise (white or Ornstein-Uhlenbeck);
 rho = exp(-dt / adapt_tau) (per neuron with ``slow_adapt_fraction``), b_adapt from ``adapt_strength`` for E neurons
 and ``adapt_strength_inh`` for I neurons (0 = no adaptation, the A term drops out; I neurons do not adapt by
-default, as fast-spiking interneurons adapt little). The readout sees only E spikes: per-bin E spike counts are low-pass filtered
-(exponential, one copy per ``readout_taus`` entry) and mapped linearly to the D teacher dims. Dale's principle
-holds on the input (all +), recurrent (column signs) and readout (E only, all +) weights by parametrisation
+default, as fast-spiking interneurons adapt little). The readout sees only E spikes: per-bin E spike counts are
+low-pass filtered (exponential, one copy per ``readout_taus`` entry) and mapped linearly to the D teacher dims.
+Dale's principle holds on the input (all +), recurrent (column signs) and readout (E only, all +) weights by parametrisation
 (dale.py).
 
 **Feed-forward inhibition** (``ff_inhibition`` = k): afferent spikes excite (``W_in`` >= 0) and also drive a pool of
@@ -430,8 +430,8 @@ class StudentNet(nn.Module):
         # same with or without
         self.adapt_rho = math.exp(-cfg.dt / cfg.adapt_tau)
         decay = self._slow_adaptation() if cfg.slow_adapt_fraction > 0 else None
-        b_exc, b_inh = (torch.as_tensor(_adapt_increment(strength, tau, cfg.dt, self.adapt_rho if decay is None else decay),
-                                        dtype=torch.float32)
+        rho_n = self.adapt_rho if decay is None else decay
+        b_exc, b_inh = (torch.as_tensor(_adapt_increment(strength, tau, cfg.dt, rho_n), dtype=torch.float32)
                         for strength, tau in ((cfg.adapt_strength, cfg.tau_mem_exc),
                                               (cfg.adapt_strength_inh, cfg.tau_mem_inh)))
         self.register_buffer("adapt_b", torch.where(self.sign > 0, b_exc, b_inh))
